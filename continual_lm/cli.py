@@ -1,0 +1,241 @@
+"""The `continual-lm` command: demo | run | report | list."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import typing
+from pathlib import Path
+from typing import Any
+
+from .errors import ContinualLMError
+
+RUN_OPTIONS: list[tuple[str, dict[str, Any]]] = [
+    ("benchmark", dict(help="standard | long | superni | demo | custom (see `continual-lm list`)")),
+    ("order", dict(help="task order of the benchmark, e.g. 1 (standard), 4 (long), sapt4 (alias); default: first")),
+    ("tasks", dict(nargs="+", help="explicit task sequence (names of the benchmark's tasks), overriding --order")),
+    ("stream_file", dict(help="YAML describing a custom stream (with --benchmark custom)")),
+    ("data_dir", dict(help="folder holding CL_Benchmark/ and/or SuperNI/ (default: env CONTINUAL_LM_DATA)")),
+    ("method", dict(help="method, optionally with plugins: seqlora, inclora, inclora+migu, ... (`continual-lm list`)")),
+    ("model", dict(help="smollm2-135m (default), tiny-random-llama, tiny-random-t5, a local HF folder, a .gguf "
+                        "file, or a hub id")),
+    ("seed", dict(type=int)),
+    ("max_train_per_task", dict(type=int, help="seeded subsample of each task's training set")),
+    ("max_test_per_task", dict(type=int, help="seeded subsample of each task's test set")),
+    ("max_train_per_class", dict(type=int)),
+    ("max_test_per_class", dict(type=int)),
+    ("max_input_length", dict(type=int, help="prompt tokens (the example's input text is shortened first)")),
+    ("max_target_length", dict(type=int, help="target tokens for training and new tokens for generation")),
+    ("prompt_task_name", dict(action=argparse.BooleanOptionalAction, help="put the task name into prompts")),
+    ("epochs", dict(type=int)),
+    ("lr", dict(type=float, help="learning rate (default: 1e-3 PET methods, 2e-5 full fine-tuning)")),
+    ("batch_size", dict(type=int, help="per-process training batch size")),
+    ("eval_batch_size", dict(type=int)),
+    ("grad_accum", dict(type=int, help="gradient accumulation steps")),
+    ("scheduler", dict(help="constant | constant_with_warmup | linear | cosine")),
+    ("warmup_ratio", dict(type=float)),
+    ("weight_decay", dict(type=float)),
+    ("max_grad_norm", dict(type=float)),
+    ("eval_all_tasks", dict(action=argparse.BooleanOptionalAction, help="also evaluate tasks not trained yet")),
+    ("single_task_from", dict(help="run dir of a `single` run whose scores are the FWT reference")),
+    ("dtype", dict(help="float32 | bfloat16 | float16 weights")),
+    ("mixed_precision", dict(help="no | bf16 | fp16 (through accelerate)")),
+    ("gradient_checkpointing", dict(action=argparse.BooleanOptionalAction)),
+    ("keep_checkpoints", dict(help="all (default) | last")),
+    ("trust_remote_code", dict(action=argparse.BooleanOptionalAction, help="only for models you trust")),
+    ("progress", dict(action=argparse.BooleanOptionalAction, help="progress bars (default on)")),
+]
+LORA_OPTIONS = [("r", int), ("alpha", float), ("dropout", float)]
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _method_option_specs():
+    """(method, field, argparse kwargs) for every registered method's Options dataclass."""
+    from .methods.registry import METHODS, method_class
+
+    for method_name in METHODS:
+        cls = method_class(method_name)
+        hints = typing.get_type_hints(cls.Options)
+        for f in dataclasses.fields(cls.Options):
+            kind = hints[f.name]
+            args = typing.get_args(kind)
+            if kind is bool:
+                kwargs = dict(action=argparse.BooleanOptionalAction)
+            elif typing.get_origin(kind) is list or any(typing.get_origin(a) is list for a in args):
+                inner = next((typing.get_args(a)[0] for a in (kind, *args) if typing.get_origin(a) is list), str)
+                kwargs = dict(nargs="+", type=inner)
+            else:
+                base = next((a for a in args if a is not type(None)), kind) if args else kind
+                kwargs = dict(type=base if base in (int, float, str) else str)
+            default = f.default if f.default is not dataclasses.MISSING else "(computed)"
+            kwargs["help"] = f"{method_name}: {f.name} (default {default})"
+            yield method_name, f.name, kwargs
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML run configuration; command-line options override it")
+    parser.add_argument("--output-dir", help="run directory (default: runs/<benchmark>-<order>-<method>-<model>-s<seed>)")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    for name, kwargs in RUN_OPTIONS:
+        parser.add_argument(_flag(name), dest=name, default=None, **kwargs)
+    for name, kind in LORA_OPTIONS:
+        parser.add_argument(f"--lora-{name}", dest=f"lora_{name}", type=kind, default=None)
+    parser.add_argument("--lora-targets", dest="lora_targets", nargs="+", default=None,
+                        help="module-name suffixes (or re:REGEX) to adapt (default: the model's query and value)")
+    group = parser.add_argument_group("method options")
+    for method_name, field_name, kwargs in _method_option_specs():
+        group.add_argument(f"--{method_name}-{field_name.replace('_', '-')}", dest=f"m__{method_name}__{field_name}",
+                           default=None, **kwargs)
+
+
+def config_from_args(args: argparse.Namespace):
+    from .config import RunConfig
+
+    data: dict[str, Any] = {}
+    if args.config:
+        data = RunConfig.from_yaml(args.config).to_dict()
+    for name, _ in RUN_OPTIONS:
+        value = getattr(args, name)
+        if value is not None:
+            data[name] = value
+    lora = dict(data.get("lora") or {})
+    for name, _ in LORA_OPTIONS:
+        if getattr(args, f"lora_{name}") is not None:
+            lora[name] = getattr(args, f"lora_{name}")
+    if args.lora_targets:
+        lora["targets"] = [t for item in args.lora_targets for t in item.split(",") if t]
+    data["lora"] = lora
+    options = {k: dict(v) for k, v in (data.get("method_options") or {}).items()}
+    for key, value in vars(args).items():
+        if key.startswith("m__") and value is not None:
+            _, method_name, field_name = key.split("__")
+            if isinstance(value, list) and len(value) == 1:
+                value = value[0]
+            options.setdefault(method_name, {})[field_name] = value
+    data["method_options"] = options
+    return RunConfig.from_dict(data, source="command line")
+
+
+# ---- commands ------------------------------------------------------------------------------------------------
+def cmd_run(args) -> int:
+    from .train.loop import run
+
+    if args.resume:
+        results = run(config_from_args(args), output_dir=args.resume, resume=True)
+        out = args.resume
+    else:
+        config = config_from_args(args)
+        results = run(config, output_dir=args.output_dir, overwrite=args.overwrite)
+        out = args.output_dir or config.output_dir
+    from .eval.report import comparison_markdown
+
+    print(comparison_markdown([results]))
+    print(f"\nrun directory: {out}")
+    return 0
+
+
+def _load_results(paths: list[str]) -> list[dict]:
+    results = []
+    for given in paths:
+        path = Path(given)
+        files = [path] if path.is_file() else sorted(path.glob("**/results.json"))
+        if not files:
+            raise ContinualLMError(f"{given}: no results.json found (expected a run directory or a parent of runs)")
+        for file in files:
+            try:
+                results.append(json.loads(file.read_text()))
+            except json.JSONDecodeError as err:
+                raise ContinualLMError(f"{file} is not valid JSON: {err}") from None
+    return results
+
+
+def cmd_report(args) -> int:
+    from .eval.report import comparison_markdown, plot_comparison_bars
+    from .io_utils import atomic_write_text
+
+    results = _load_results(args.runs)
+    table = comparison_markdown(results)
+    print(table)
+    if args.output:
+        atomic_write_text(args.output, table + "\n")
+    if args.plot:
+        plot_comparison_bars(results, args.plot)
+        print(f"\nbar chart: {args.plot}")
+    return 0
+
+
+def cmd_list(args) -> int:
+    from .data.benchmarks import list_benchmarks
+    from .methods.registry import METHODS, method_class
+    from .models.backbone import MODEL_ALIASES
+
+    print("Benchmarks (orders):")
+    for name, orders in list_benchmarks().items():
+        print(f"  {name:10s} {', '.join(orders) if orders else '(defined by --stream-file)'}")
+    print("\nMethods (compose plugins with '+', e.g. inclora+migu):")
+    for name in METHODS:
+        cls = method_class(name)
+        extra = f"  [+{', +'.join(cls.composable_with)}]" if cls.composable_with else ""
+        print(f"  {name:12s} {cls.description}{extra}")
+    print("\nModels (or a local folder, a .gguf file, a hub id):")
+    for name, text in MODEL_ALIASES.items():
+        print(f"  {name:18s} {text}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(output_dir=args.output_dir, model=args.model, methods=args.methods, seed=args.seed,
+             fresh=args.fresh, progress=not args.no_progress)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="continual-lm", description="Continual learning of language models "
+                                     "with parameter-efficient fine-tuning.")
+    parser.add_argument("--version", action="version", version=f"continual-lm {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="run a few methods on the embedded demo stream and print the comparison")
+    demo.add_argument("--output-dir", default="continual_lm_demo")
+    demo.add_argument("--model", default="smollm2-135m")
+    demo.add_argument("--methods", nargs="+", default=None)
+    demo.add_argument("--seed", type=int, default=42)
+    demo.add_argument("--fresh", action="store_true", help="discard earlier demo runs instead of reusing them")
+    demo.add_argument("--no-progress", action="store_true")
+    demo.set_defaults(func=cmd_demo)
+
+    run_parser = sub.add_parser("run", help="train a method on a task stream and evaluate it")
+    add_run_arguments(run_parser)
+    run_parser.set_defaults(func=cmd_run)
+
+    report = sub.add_parser("report", help="compare finished runs in one markdown table (+ bar chart)")
+    report.add_argument("runs", nargs="+", help="run directories, results.json files, or parents of runs")
+    report.add_argument("--output", help="also write the markdown table to this file")
+    report.add_argument("--plot", default="comparison.png", help="bar chart PNG path ('' to skip)")
+    report.set_defaults(func=cmd_report)
+
+    listing = sub.add_parser("list", help="benchmarks, orders, methods and models")
+    listing.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ContinualLMError as err:
+        print(f"continual-lm: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted; continue with `continual-lm run --resume RUN_DIR`", file=sys.stderr)
+        return 130

@@ -1,0 +1,97 @@
+"""Tokenisation and padding for training and generation, for causal and seq2seq models.
+
+Causal LM:  input = prompt + " " + target + eos, loss only on the target tokens (prompt labels are -100),
+            right-padded for training, left-padded for generation.
+Seq2seq:    encoder input = prompt, labels = target + eos.
+Over-long prompts are shortened inside the example's *input* text, so the instruction, the options and the
+final "Answer:"/"Output:" cue survive truncation.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .tasks import Example, Task
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int] | None = None
+    task_index: int = -1
+
+
+class Collator:
+    def __init__(self, tokenizer, is_seq2seq: bool, max_input_length: int, max_target_length: int,
+                 task_name_in_prompt: bool = False):
+        self.tokenizer = tokenizer
+        self.is_seq2seq = is_seq2seq
+        self.max_input_length = max_input_length
+        self.max_target_length = max_target_length
+        self.task_name_in_prompt = task_name_in_prompt
+        self.pad_id = tokenizer.pad_token_id
+        self.eos_id = tokenizer.eos_token_id
+
+    # ---- encoding --------------------------------------------------------------------------------------------
+    def _ids(self, text: str, special: bool) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=special)["input_ids"]
+
+    def prompt_ids(self, task: Task, text: str) -> list[int]:
+        prompt = task.prompt(text, self.task_name_in_prompt).rstrip(" ")
+        ids = self._ids(prompt, special=True)
+        over = len(ids) - self.max_input_length
+        if over > 0:
+            text_ids = self._ids(text, special=False)
+            keep = max(0, len(text_ids) - over - 2)
+            shortened = self.tokenizer.decode(text_ids[:keep], skip_special_tokens=True)
+            ids = self._ids(task.prompt(shortened, self.task_name_in_prompt).rstrip(" "), special=True)
+            if len(ids) > self.max_input_length:  # the template alone is too long: keep its end (the cue)
+                ids = ids[-self.max_input_length:]
+        return ids
+
+    def target_ids(self, target: str) -> list[int]:
+        text = target.strip() if self.is_seq2seq else " " + target.strip()
+        ids = self._ids(text, special=False)[: self.max_target_length - 1]
+        return ids + [self.eos_id]
+
+    def encode_train(self, task: Task, example: Example, task_index: int) -> Encoded:
+        prompt = self.prompt_ids(task, example.input)
+        target = self.target_ids(example.target)
+        if self.is_seq2seq:
+            return Encoded(prompt, target, task_index)
+        return Encoded(prompt + target, [IGNORE_INDEX] * len(prompt) + target, task_index)
+
+    def encode_prompt(self, task: Task, example: Example, task_index: int = -1) -> Encoded:
+        return Encoded(self.prompt_ids(task, example.input), None, task_index)
+
+    # ---- padding ---------------------------------------------------------------------------------------------
+    def _pad(self, rows: list[list[int]], value: int, left: bool) -> torch.Tensor:
+        width = max(len(r) for r in rows)
+        padded = [([value] * (width - len(r)) + r) if left else (r + [value] * (width - len(r))) for r in rows]
+        return torch.tensor(padded, dtype=torch.long)
+
+    def _mask(self, rows: list[list[int]], left: bool) -> torch.Tensor:
+        return self._pad([[1] * len(r) for r in rows], 0, left)
+
+    def train_batch(self, items: list[Encoded]) -> dict[str, torch.Tensor]:
+        inputs = [e.input_ids for e in items]
+        return {
+            "input_ids": self._pad(inputs, self.pad_id, left=False),
+            "attention_mask": self._mask(inputs, left=False),
+            "labels": self._pad([e.labels for e in items], IGNORE_INDEX, left=False),
+            "task_ids": torch.tensor([e.task_index for e in items], dtype=torch.long),
+        }
+
+    def generation_batch(self, items: list[Encoded]) -> dict[str, torch.Tensor]:
+        left = not self.is_seq2seq
+        inputs = [e.input_ids for e in items]
+        return {"input_ids": self._pad(inputs, self.pad_id, left=left), "attention_mask": self._mask(inputs, left=left)}
+
+    def max_new_tokens(self, task: Task) -> int:
+        """Classification: the longest label (+eos); generation: --max-target-length."""
+        if task.labels:
+            return min(self.max_target_length, max(len(self.target_ids(label)) for label in task.labels) + 1)
+        return self.max_target_length

@@ -1,0 +1,309 @@
+"""Reports of runs: markdown (one run, or a comparison of runs) and PNG figures.
+
+Every function takes the ``results.json`` dict of DESIGN.md (keys benchmark, order, method, model, seed, tasks,
+metric_per_task, matrix, single_task, metrics, timing, versions). Figures are drawn on a bare Agg canvas
+(``matplotlib.figure.Figure`` + ``FigureCanvasAgg``), so pyplot and the user's backend are never touched.
+Files are written atomically: a temp file in the same directory, flushed, fsynced, then ``os.replace``.
+"""
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+from continual_lm.eval.cl_metrics import METRIC_NAMES, cl_metrics
+
+DASH = "–"  # shown for a missing value (null in results.json)
+MATRIX_PNG = "accuracy_matrix.png"
+REPORT_MD = "report.md"
+SINGLE_METHOD = "single"  # the single-task reference run: each task ends with its own model
+
+
+# ----------------------------------------------------------------------------------------------- atomic files
+def _atomic_write_bytes(path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a partial one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    try:  # make the rename itself durable; not possible on every platform
+        dfd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return path
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)
+    return path
+
+
+def _atomic_write_text(path, text: str) -> Path:
+    return _atomic_write_bytes(path, text.encode("utf-8"))
+
+
+# ------------------------------------------------------------------------------------------------- helpers
+def _fmt(v, decimals: int) -> str:
+    return DASH if v is None else f"{v:.{decimals}f}"
+
+
+def _cell(text) -> str:
+    """Text safe inside a markdown table cell."""
+    return DASH if text is None else str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], align_right_from: int = 1) -> str:
+    sep = ["---" if k < align_right_from else "---:" for k in range(len(header))]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(sep) + " |"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _tasks(results: dict) -> list[str]:
+    matrix = results.get("matrix") or []
+    tasks = results.get("tasks")
+    return list(tasks) if tasks else [f"task {j + 1}" for j in range(len(matrix))]
+
+
+def _single_list(results: dict) -> list | None:
+    single = results.get("single_task")
+    if single is None:
+        return None
+    if isinstance(single, dict):
+        return [single.get(t) for t in _tasks(results)]
+    return list(single)
+
+
+def final_scores(results: dict) -> list:
+    """Final score of each task: the last matrix row, or the diagonal for the ``single`` reference run."""
+    matrix = results.get("matrix") or []
+    if not matrix:
+        return []
+    if results.get("method") == SINGLE_METHOD:
+        return [matrix[j][j] for j in range(len(matrix))]
+    return list(matrix[-1])
+
+
+def _metrics(results: dict) -> dict:
+    metrics = results.get("metrics")
+    if metrics is None:  # an older or partial results dict: compute them the one way they are defined
+        final = final_scores(results) if results.get("method") == SINGLE_METHOD else None
+        metrics = cl_metrics(results["matrix"], _single_list(results), final_row=final)
+    return metrics
+
+
+def _label(results: dict) -> str:
+    return str(results.get("method") or "?")
+
+
+def _unique_labels(results_list: Sequence[dict]) -> list[str]:
+    """Method names, made distinct where runs share one: by what differs among them (benchmark, order, model,
+    seed), then by a counter."""
+    base = [_label(r) for r in results_list]
+    labels = []
+    for lab, r in zip(base, results_list):
+        group = [x for x, b in zip(results_list, base) if b == lab]
+        extra = [f"{k}={r.get(k)}" for k in ("benchmark", "order", "model", "seed")
+                 if len(group) > 1 and len({str(x.get(k)) for x in group}) > 1]
+        labels.append(f"{lab} ({', '.join(extra)})" if extra else lab)
+    seen: dict[str, int] = {}
+    out = []
+    for lab in labels:
+        seen[lab] = seen.get(lab, 0) + 1
+        out.append(lab if labels.count(lab) == 1 else f"{lab} #{seen[lab]}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- markdown
+def matrix_markdown(results: dict) -> str:
+    """The accuracy matrix as a markdown table: rows "after <task>", columns the tasks, 1 decimal, "–" for null."""
+    tasks = _tasks(results)
+    rows = [[_cell(f"after {tasks[i]}")] + [_fmt(v, 1) for v in row] for i, row in enumerate(results["matrix"])]
+    return _table(["", *(_cell(t) for t in tasks)], rows)
+
+
+def _figures(run_dir) -> list[str]:
+    if run_dir is None:
+        return []
+    run_dir = Path(run_dir)
+    figs = [MATRIX_PNG] if (run_dir / MATRIX_PNG).is_file() else []
+    figs += sorted(p.name for p in run_dir.glob("*_heatmap.png") if p.is_file() and p.name != MATRIX_PNG)
+    return figs
+
+
+def run_report_markdown(results: dict, run_dir=None) -> str:
+    """The markdown report of one run. With ``run_dir``, its figures (the accuracy matrix heatmap and any
+    ``*_heatmap.png``) are embedded under "## Figures"."""
+    tasks = _tasks(results)
+    method = results.get("method")
+    lines = [f"# Run report: {_cell(method)} on {_cell(results.get('benchmark'))}", ""]
+    for key in ("benchmark", "order", "method", "model", "seed"):
+        lines.append(f"- **{key}**: {_cell(results.get(key))}")
+    lines += ["", "## Metrics", ""]
+    metrics = _metrics(results)
+    lines.append(_table(list(METRIC_NAMES), [[_fmt(metrics.get(k), 2) for k in METRIC_NAMES]], 0))
+    lines += ["", "Scores are on a 0..100 scale; definitions in docs/metrics.md."]
+    if metrics.get("FWT") is None and _single_list(results) is None:
+        lines += ["", "FWT is – because no single-task reference scores were given "
+                     "(`--single-task-from RUN_DIR`)."]
+    if method == SINGLE_METHOD:
+        lines += ["", "This is the single-task reference run: each task ends with its own model, "
+                  "so its final scores are the diagonal of the matrix."]
+
+    lines += ["", "## Accuracy matrix", "", "Row i: after training task i; column j: score on task j.", "",
+              matrix_markdown(results)]
+
+    lines += ["", "## Final scores", ""]
+    per_task = results.get("metric_per_task") or {}
+    single = _single_list(results)
+    header = ["task", "metric", "final"] + (["single-task"] if single is not None else [])
+    rows = []
+    for j, (task, v) in enumerate(zip(tasks, final_scores(results))):
+        row = [_cell(task), _cell(per_task.get(task)), _fmt(v, 2)]
+        if single is not None:
+            row.append(_fmt(single[j] if j < len(single) else None, 2))
+        rows.append(row)
+    lines.append(_table(header, rows, 2))
+
+    timing = results.get("timing") or {}
+    lines += ["", "## Timing", ""]
+    train_s, eval_s = timing.get("train_s"), timing.get("eval_s")
+    lines.append(_table(["train (s)", "eval (s)", "total (s)"],
+                        [[_fmt(train_s, 1), _fmt(eval_s, 1),
+                          _fmt(None if train_s is None or eval_s is None else train_s + eval_s, 1)]], 0))
+
+    versions = results.get("versions") or {}
+    if versions:
+        lines += ["", "## Versions", ""]
+        lines += [f"- {_cell(k)}: {_cell(v)}" for k, v in versions.items()]
+
+    figures = _figures(run_dir)
+    if figures:
+        lines += ["", "## Figures", ""]
+        for name in figures:
+            lines += [f"![{name[:-4]}]({name})", ""]
+        lines.pop()
+    return "\n".join(lines) + "\n"
+
+
+def comparison_markdown(results_list: Sequence[dict]) -> str:
+    """One table, one row per run: method, AP, F.Ra, FWT, BWT, then the final score of each task (the union of
+    the runs' tasks, in first-seen order; "–" where a run lacks a task). Benchmark, order, model and seed get a
+    column each when the runs differ in them."""
+    if not results_list:
+        raise ValueError("comparison_markdown needs at least one results dict")
+    varying = [k for k in ("benchmark", "order", "model", "seed") if len({str(r.get(k)) for r in results_list}) > 1]
+    all_tasks: list[str] = []
+    for r in results_list:
+        all_tasks += [t for t in _tasks(r) if t not in all_tasks]
+    header = ["method", *varying, *METRIC_NAMES, *(_cell(t) for t in all_tasks)]
+    rows = []
+    for r in results_list:
+        metrics = _metrics(r)
+        final = dict(zip(_tasks(r), final_scores(r)))
+        rows.append([_cell(_label(r)), *(_cell(r.get(k)) for k in varying),
+                     *(_fmt(metrics.get(k), 2) for k in METRIC_NAMES),
+                     *(_fmt(final.get(t), 2) for t in all_tasks)])
+    return _table(header, rows, 1 + len(varying))
+
+
+# ------------------------------------------------------------------------------------------------ figures
+def _new_figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save_png(fig, path) -> Path:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    return _atomic_write_bytes(path, buf.getvalue())
+
+
+def plot_matrix_heatmap(results: dict, path) -> Path:
+    """A PNG heatmap of the accuracy matrix (cells annotated, null cells grey, task names on the axes)."""
+    import numpy as np
+    from matplotlib import colormaps
+
+    tasks = _tasks(results)
+    matrix = results["matrix"]
+    t = len(matrix)
+    values = np.ma.masked_invalid(np.array([[np.nan if v is None else float(v) for v in row] for row in matrix],
+                                           dtype=float).reshape(t, t))
+    cmap = colormaps["viridis"].with_extremes(bad="lightgrey")
+    side = max(4.0, 0.9 * t + 2.5)
+    fig = _new_figure(side + 1.0, side)
+    ax = fig.add_subplot()
+    im = ax.imshow(values, cmap=cmap, vmin=0, vmax=100)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="score (0..100)")
+    ax.set_xticks(range(t), labels=tasks, rotation=45, ha="right")
+    ax.set_yticks(range(t), labels=[f"after {name}" for name in tasks])
+    ax.set_xlabel("evaluated task")
+    ax.set_ylabel("trained up to")
+    fontsize = max(5, 11 - t // 3)
+    for i in range(t):
+        for j in range(t):
+            v = matrix[i][j]
+            if v is not None:
+                ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=fontsize,
+                        color="black" if v > 60 else "white")
+    title = f"Accuracy matrix: {results.get('method', '?')}"
+    if results.get("benchmark"):
+        title += f" on {results['benchmark']}" + (f" ({results['order']})" if results.get("order") else "")
+    ax.set_title(title)
+    return _save_png(fig, path)
+
+
+def plot_comparison_bars(results_list: Sequence[dict], path) -> Path:
+    """A grouped bar chart PNG of AP and BWT per run (a missing value gets no bar and a "–" label)."""
+    if not results_list:
+        raise ValueError("plot_comparison_bars needs at least one results dict")
+    labels = _unique_labels(results_list)
+    series = [("AP", [_metrics(r).get("AP") for r in results_list]),
+              ("BWT", [_metrics(r).get("BWT") for r in results_list])]
+    n = len(results_list)
+    width = 0.38
+    fig = _new_figure(max(5.0, 1.1 * n + 2.0), 4.5)
+    ax = fig.add_subplot()
+    for k, (name, vals) in enumerate(series):
+        xs = [x + (k - 0.5) * width for x in range(n)]
+        bars = ax.bar(xs, [0.0 if v is None else v for v in vals], width, label=name)
+        for x, bar, v in zip(xs, bars, vals):
+            if v is None:
+                bar.set_visible(False)
+            ax.annotate(_fmt(v, 1), (x, 0.0 if v is None else v), ha="center",
+                        va="bottom" if (v or 0) >= 0 else "top", fontsize=8,
+                        xytext=(0, 2 if (v or 0) >= 0 else -2), textcoords="offset points")
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks(range(n), labels=labels, rotation=30 if n > 3 else 0, ha="right" if n > 3 else "center")
+    ax.set_ylabel("score (0..100)")
+    ax.set_title("AP and BWT per method")
+    ax.legend()
+    ax.margins(y=0.15)
+    return _save_png(fig, path)
+
+
+def write_run_report(run_dir, results: dict) -> None:
+    """Write ``accuracy_matrix.png`` and ``report.md`` (embedding it and any ``*_heatmap.png``) into ``run_dir``,
+    each atomically."""
+    run_dir = Path(run_dir)
+    plot_matrix_heatmap(results, run_dir / MATRIX_PNG)
+    _atomic_write_text(run_dir / REPORT_MD, run_report_markdown(results, run_dir=run_dir))

@@ -1,0 +1,220 @@
+"""The method interface: hooks the one continual-learning loop calls (after Avalanche's strategy/plugins).
+
+Per run:   setup(model)                                  inject PET blocks, choose what trains
+Per phase: before_task(i, task)                          grow/freeze structure (must be deterministic: it is
+                                                         replayed on resume before the checkpoint is loaded)
+           train_examples(i, examples) -> examples        e.g. replay mixes its memory in
+           forward(model, batch) -> outputs               the training forward (prompt methods override)
+           extra_loss(model, batch, outputs) -> tensor    regularisers (L1, KL, orthogonality, EWC)
+           after_backward(model)                          gradient edits (MIGU masks) before the optimiser step
+           after_task(i, task, train_examples)            compute state (Fisher, memory, stored attention)
+Eval:      generate(model, batch, max_new_tokens)        batch holds input_ids/attention_mask only; the task id
+                                                         is added (batch["task_ids"]) only when the method
+                                                         declares uses_task_id_at_test.
+State:     extra_state() / load_extra_state(tensors, meta)   method state that is not a model parameter.
+
+A ``+`` composition ("inclora+migu") is a Composite: the base method plus plugins, each hook called in order.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..config import RunConfig
+from ..data.tasks import Example, Task
+from ..errors import ContinualLMError, unknown_choice
+from ..models.inject import find_lora_banks, inject_lora_banks
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One training phase of the loop: fills row ``row`` of the accuracy matrix."""
+
+    row: int
+    train_tasks: tuple[int, ...]
+    eval_tasks: tuple[int, ...]
+    reset: bool = False  # start from the initial trainable state (single-task reference)
+
+
+@dataclass(frozen=True)
+class TrainExample:
+    task_index: int
+    example: Example
+
+
+@dataclass
+class NoOptions:
+    pass
+
+
+class Method:
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    Options: ClassVar[type] = NoOptions
+    is_plugin: ClassVar[bool] = False
+    composable_with: ClassVar[tuple[str, ...]] = ()  # plugins a base method accepts after '+'
+    uses_task_id_at_test: ClassVar[bool] = False
+    full_finetuning: ClassVar[bool] = False  # decides the default learning rate
+
+    def __init__(self, config: RunConfig, options: Any | None = None):
+        self.config = config
+        self.options = options if options is not None else build_options(self.Options, self.name, config.method_options)
+        self.tasks: list[Task] = []
+
+    # ---- structure -------------------------------------------------------------------------------------------
+    def setup(self, model: nn.Module, backbone) -> None:
+        """Called once before the first phase, after the global seed is set."""
+
+    def schedule(self, num_tasks: int, eval_all_tasks: bool) -> list[Phase]:
+        return [
+            Phase(i, (i,), tuple(range(num_tasks)) if eval_all_tasks else tuple(range(i + 1)))
+            for i in range(num_tasks)
+        ]
+
+    def before_task(self, model: nn.Module, task_index: int, task: Task) -> None:
+        pass
+
+    # ---- training --------------------------------------------------------------------------------------------
+    def train_examples(self, task_index: int, examples: list[TrainExample]) -> list[TrainExample]:
+        return examples
+
+    def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]):
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+
+    def extra_loss(self, model: nn.Module, batch: dict[str, torch.Tensor], outputs) -> torch.Tensor | None:
+        return None
+
+    def after_backward(self, model: nn.Module) -> None:
+        pass
+
+    def after_task(self, model: nn.Module, task_index: int, task: Task, examples: list[TrainExample]) -> None:
+        pass
+
+    # ---- evaluation ------------------------------------------------------------------------------------------
+    def generate(self, model: nn.Module, batch: dict[str, torch.Tensor], max_new_tokens: int) -> torch.Tensor:
+        return model.generate(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+            max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+        )
+
+    # ---- state -----------------------------------------------------------------------------------------------
+    def extra_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Method state that is not a model parameter: (tensors for safetensors, JSON-able metadata)."""
+        return {}, {}
+
+    def load_extra_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        pass
+
+    def default_lr(self) -> float:
+        return 2e-5 if self.full_finetuning else 1e-3
+
+
+def build_options(options_cls: type, method_name: str, method_options: dict[str, dict[str, Any]]):
+    """The method's Options dataclass from ``method_options[method_name]``, with clear errors."""
+    given = dict(method_options.get(method_name) or {})
+    names = {f.name for f in dataclasses.fields(options_cls)}
+    for key in given:
+        if key not in names:
+            raise ContinualLMError(f"--{method_name}-*: {unknown_choice(f'{method_name} option', key, names or ['(none)'])}")
+    options = options_cls(**given)
+    check = getattr(options, "validate", None)
+    if check is not None:
+        check()
+    return options
+
+
+class LoRAMethod(Method):
+    """Shared plumbing of the methods that put LoRAs on the target projections (one bank per projection)."""
+
+    def setup(self, model: nn.Module, backbone) -> None:
+        from ..models.backbone import default_lora_targets
+
+        lora = self.config.lora
+        targets = lora.targets or default_lora_targets(model)
+        self.banks = inject_lora_banks(model, targets, r=lora.r, alpha=lora.alpha, dropout=lora.dropout)
+        model.requires_grad_(False)
+
+    def add_task_lora(self, freeze_previous: bool = True) -> None:
+        for bank in self.banks.values():
+            if freeze_previous:
+                for p in list(bank.lora_A) + list(bank.lora_B):
+                    p.requires_grad_(False)
+            bank.add_lora()
+
+    @staticmethod
+    def banks_of(model: nn.Module):
+        return find_lora_banks(model)
+
+
+class Composite(Method):
+    """A base method with plugins ("seqlora+replay+migu"): every hook runs for each part in order."""
+
+    def __init__(self, parts: list[Method]):
+        self.parts = parts
+        self.base = parts[0]
+        self.config = self.base.config
+        self.name = "+".join(p.name for p in parts)
+        self.uses_task_id_at_test = self.base.uses_task_id_at_test
+        self.full_finetuning = self.base.full_finetuning
+
+    def setup(self, model, backbone):
+        for part in self.parts:
+            part.setup(model, backbone)
+
+    def schedule(self, num_tasks, eval_all_tasks):
+        return self.base.schedule(num_tasks, eval_all_tasks)
+
+    def before_task(self, model, task_index, task):
+        for part in self.parts:
+            part.before_task(model, task_index, task)
+
+    def train_examples(self, task_index, examples):
+        for part in self.parts:
+            examples = part.train_examples(task_index, examples)
+        return examples
+
+    def forward(self, model, batch):
+        return self.base.forward(model, batch)
+
+    def extra_loss(self, model, batch, outputs):
+        terms = [t for t in (p.extra_loss(model, batch, outputs) for p in self.parts) if t is not None]
+        return sum(terms) if terms else None
+
+    def after_backward(self, model):
+        for part in self.parts:
+            part.after_backward(model)
+
+    def after_task(self, model, task_index, task, examples):
+        for part in self.parts:
+            part.after_task(model, task_index, task, examples)
+
+    def generate(self, model, batch, max_new_tokens):
+        return self.base.generate(model, batch, max_new_tokens)
+
+    def extra_state(self):
+        tensors, meta = {}, {}
+        for part in self.parts:
+            t, m = part.extra_state()
+            tensors.update({f"{part.name}.{k}": v for k, v in t.items()})
+            meta[part.name] = m
+        return tensors, meta
+
+    def load_extra_state(self, tensors, meta):
+        for part in self.parts:
+            prefix = f"{part.name}."
+            part.load_extra_state({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)},
+                                  meta.get(part.name, {}))
+
+    def default_lr(self):
+        return self.base.default_lr()
+
+
+def build_method(config: RunConfig) -> Method:
+    from .registry import method_class, split_method_spec
+
+    parts = [method_class(name)(config) for name in split_method_spec(config.method)]
+    return parts[0] if len(parts) == 1 else Composite(parts)

@@ -1,0 +1,11 @@
+"""IncLoRA: a new LoRA per task; earlier LoRAs frozen; all LoRAs summed (no task id at test time)."""
+from .base import LoRAMethod
+
+
+class IncLoRA(LoRAMethod):
+    name = "inclora"
+    description = "a new LoRA per task, earlier ones frozen, outputs summed"
+    composable_with = ("migu", "replay", "ewc")
+
+    def before_task(self, model, task_index, task):
+        self.add_task_lora(freeze_previous=True)

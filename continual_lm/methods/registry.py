@@ -1,0 +1,40 @@
+"""The method registry: name -> "module:Class". Adding a method = one file in methods/ plus one line here."""
+from __future__ import annotations
+
+import importlib
+
+from ..errors import ContinualLMError, unknown_choice
+
+METHODS: dict[str, str] = {
+    "seqft": "continual_lm.methods.seqft:SeqFT",
+    "seqlora": "continual_lm.methods.seqlora:SeqLoRA",
+    "inclora": "continual_lm.methods.inclora:IncLoRA",
+    "mtl": "continual_lm.methods.reference:MTL",
+    "single": "continual_lm.methods.reference:Single",
+}
+
+
+def method_class(name: str):
+    if name not in METHODS:
+        raise unknown_choice("method", name, METHODS)
+    module_name, _, class_name = METHODS[name].partition(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def split_method_spec(spec: str) -> list[str]:
+    """"seqlora+replay+migu" -> ["seqlora", "replay", "migu"], validated: one base method first, then plugins."""
+    parts = [p.strip() for p in spec.split("+")]
+    if not spec or any(not p for p in parts):
+        raise ContinualLMError(f"--method {spec!r}: expected NAME or BASE+PLUGIN[+PLUGIN], e.g. 'inclora+migu'")
+    classes = [method_class(p) for p in parts]
+    if classes[0].is_plugin:
+        raise ContinualLMError(f"--method {spec!r}: {parts[0]!r} is a plugin; put a base method first, e.g. 'seqlora+{parts[0]}'")
+    for part, cls in zip(parts[1:], classes[1:]):
+        if not cls.is_plugin:
+            raise ContinualLMError(f"--method {spec!r}: {part!r} is a base method, only plugins can follow '+'")
+        if part not in classes[0].composable_with and cls.name not in classes[0].composable_with:
+            allowed = ", ".join(classes[0].composable_with) or "none"
+            raise ContinualLMError(f"--method {spec!r}: {parts[0]} cannot be combined with {part} (it combines with: {allowed})")
+    if len(set(parts)) != len(parts):
+        raise ContinualLMError(f"--method {spec!r}: a method appears twice")
+    return parts

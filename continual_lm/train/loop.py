@@ -1,0 +1,354 @@
+"""The one continual-learning loop. Methods plug into it through the hooks of methods/base.py.
+
+For each phase of the method's schedule (by default: one phase per task, in stream order):
+  seed -> before_task -> train (accelerate) -> after_task -> checkpoint -> evaluate -> matrix row.
+Every phase re-seeds all RNGs from (seed, row), so a run resumed from a phase checkpoint repeats exactly what an
+uninterrupted run does. Only the main process writes the run directory.
+"""
+from __future__ import annotations
+
+import math
+import platform
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ..config import RunConfig
+from ..data.collate import Collator, Encoded
+from ..data.tasks import Task
+from ..errors import ContinualLMError
+from ..io_utils import atomic_write_json, atomic_write_yaml
+from ..methods.base import Method, Phase, TrainExample, build_method
+from .checkpoint import RunDir
+
+
+@dataclass
+class Stream:
+    tasks: list[Task]
+    benchmark: str
+    order: str | None
+
+
+def default_output_dir(config: RunConfig) -> Path:
+    order = f"-o{config.order}" if config.order else ""
+    return Path("runs") / f"{config.benchmark}{order}-{config.method}-{config.model.replace('/', '_')}-s{config.seed}"
+
+
+def load_stream_for(config: RunConfig) -> Stream:
+    from ..data.benchmarks import load_stream, resolve_order
+
+    order = config.order
+    if config.benchmark != "custom" and order is None and not config.tasks:
+        from ..data.benchmarks import list_benchmarks
+
+        order = list_benchmarks()[config.benchmark][0] if config.benchmark in list_benchmarks() else None
+    if config.benchmark != "custom" and not config.tasks:
+        resolve_order(config.benchmark, order)  # clear error for an unknown benchmark/order before loading data
+    tasks = load_stream(
+        config.benchmark, order, data_dir=config.data_dir, stream_file=config.stream_file,
+        max_train=config.max_train_per_task, max_test=config.max_test_per_task,
+        max_train_per_class=config.max_train_per_class, max_test_per_class=config.max_test_per_class,
+        seed=config.seed, task_names=config.tasks,
+    )
+    return Stream(tasks, config.benchmark, order)
+
+
+def _versions() -> dict[str, str]:
+    import accelerate
+    import peft
+    import transformers
+
+    from .. import __version__
+
+    return {"continual_lm": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "peft": peft.__version__, "accelerate": accelerate.__version__, "python": platform.python_version()}
+
+
+def _read_single_task_reference(run_dir: str, tasks: list[Task]) -> dict[str, float]:
+    import json
+
+    path = Path(run_dir) / "results.json"
+    if not path.exists():
+        raise ContinualLMError(f"--single-task-from {run_dir}: no results.json there (expected a finished `single` run)")
+    reference = json.loads(path.read_text()).get("single_task")
+    if not reference:
+        raise ContinualLMError(f"--single-task-from {run_dir}: its results.json has no 'single_task' scores "
+                               f"(expected a run of method `single`)")
+    missing = [t.name for t in tasks if t.name not in reference]
+    if missing:
+        raise ContinualLMError(f"--single-task-from {run_dir}: no single-task score for {', '.join(missing)}")
+    return {t.name: reference[t.name] for t in tasks}
+
+
+class ContinualRunner:
+    def __init__(self, config: RunConfig, run_dir: Path, stream: Stream, backbone, method: Method, accelerator):
+        self.config = config
+        self.run_dir = RunDir(run_dir)
+        self.stream = stream
+        self.tasks = stream.tasks
+        self.backbone = backbone
+        self.model = backbone.model
+        self.method = method
+        self.accelerator = accelerator
+        self.is_main = accelerator.is_main_process
+        self.collator = Collator(backbone.tokenizer, backbone.is_seq2seq, config.max_input_length,
+                                 config.max_target_length, config.prompt_task_name)
+        self.lr = config.lr if config.lr is not None else method.default_lr()
+        self.touched: set[str] = set()
+        self.consumed_task_indices: list[set[int]] = []  # which tasks' data each trained phase consumed
+
+    # ---- state helpers ---------------------------------------------------------------------------------------
+    def _mark_trainable(self) -> None:
+        self.touched |= {n for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        return {n: p for n, p in self.model.named_parameters() if n in self.touched}
+
+    def _load_params(self, tensors: dict[str, torch.Tensor], where: str) -> None:
+        params = dict(self.model.named_parameters())
+        unknown = [n for n in tensors if n not in params]
+        if unknown:
+            raise ContinualLMError(f"{where} holds parameters this model does not have ({unknown[:3]}...); it was "
+                                   f"written by a different model/method configuration")
+        with torch.no_grad():
+            for name, value in tensors.items():
+                params[name].copy_(value.to(params[name].device, params[name].dtype))
+
+    def load_phase(self, row: int) -> None:
+        trainable, tensors, meta = self.run_dir.load_checkpoint(row)
+        self._load_params(trainable, str(self.run_dir.checkpoint_path(row)))
+        self.method.load_extra_state(tensors, meta)
+
+    @staticmethod
+    def phase_seed(seed: int, row: int) -> int:
+        return seed * 1009 + 7919 * (row + 1)
+
+    # ---- training --------------------------------------------------------------------------------------------
+    def train_phase(self, phase: Phase) -> float:
+        from accelerate.utils import DistributedType
+        from torch.utils.data import DataLoader
+        from transformers import get_scheduler
+
+        config, accelerator, model, method = self.config, self.accelerator, self.model, self.method
+        examples = [TrainExample(i, ex) for i in phase.train_tasks for ex in self.tasks[i].train]
+        examples = method.train_examples(phase.row, examples)
+        if not examples:
+            raise ContinualLMError(f"phase {phase.row}: no training examples (check --max-train-per-task)")
+        self.consumed_task_indices.append({e.task_index for e in examples})
+        features = [self.collator.encode_train(self.tasks[e.task_index], e.example, e.task_index) for e in examples]
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise ContinualLMError(f"method {method.name}: nothing to train in phase {phase.row}")
+        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=config.weight_decay)
+        generator = torch.Generator().manual_seed(self.phase_seed(config.seed, phase.row))
+        loader = DataLoader(features, batch_size=config.batch_size, shuffle=True, generator=generator,
+                            collate_fn=self.collator.train_batch)
+        distributed = accelerator.distributed_type != DistributedType.NO
+        train_model = accelerator.prepare_model(model) if distributed else model
+        optimizer, loader = accelerator.prepare(optimizer, loader)
+        steps = math.ceil(len(loader) / config.grad_accum) * config.epochs
+        scheduler = get_scheduler(config.scheduler, optimizer, num_warmup_steps=int(config.warmup_ratio * steps),
+                                  num_training_steps=steps)
+        names = " + ".join(self.tasks[i].name for i in phase.train_tasks)
+        bar = tqdm(total=steps, desc=f"train {phase.row + 1}/{len(self.tasks)} {names}"[:60], unit="step",
+                   disable=not (config.progress and self.is_main))
+        start, seen, ema = time.perf_counter(), 0, None
+        model.train()
+        for _ in range(config.epochs):
+            for batch in loader:
+                with accelerator.accumulate(train_model), accelerator.autocast():
+                    outputs = method.forward(train_model, batch)
+                    loss = outputs.loss
+                    extra = method.extra_loss(model, batch, outputs)
+                    total = loss + extra if extra is not None else loss
+                    accelerator.backward(total)
+                    if accelerator.sync_gradients:
+                        method.after_backward(model)
+                        if config.max_grad_norm:
+                            accelerator.clip_grad_norm_(params, config.max_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                if not torch.isfinite(loss):
+                    raise ContinualLMError(f"training loss became {loss.item()} in phase {phase.row}; lower --lr")
+                seen += batch["input_ids"].shape[0] * accelerator.num_processes
+                ema = loss.item() if ema is None else 0.9 * ema + 0.1 * loss.item()
+                if accelerator.sync_gradients:
+                    scheduler.step()
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{ema:.3f}", samples_s=f"{seen / (time.perf_counter() - start):.1f}")
+        bar.close()
+        accelerator.free_memory()
+        method.after_task(model, phase.row, self.tasks[phase.row], examples)
+        return time.perf_counter() - start
+
+    # ---- evaluation ------------------------------------------------------------------------------------------
+    def evaluate_phase(self, phase: Phase) -> tuple[list[float | None], dict[str, list[str]]]:
+        from ..eval.generate import predict_texts
+        from ..eval.scores import score
+
+        row: list[float | None] = [None] * len(self.tasks)
+        predictions: dict[str, list[str]] = {}
+        with self.accelerator.autocast():
+            for j in phase.eval_tasks:
+                task = self.tasks[j]
+                preds = predict_texts(self.model, self.method, self.collator, task, j, [e.input for e in task.test],
+                                      self.config.eval_batch_size, self.accelerator, self.config.progress,
+                                      desc=f"eval after {phase.row + 1}: {task.name}")
+                row[j] = round(score(task.metric, preds, [e.refs() for e in task.test]), 4)
+                predictions[task.name] = preds
+        return row, predictions
+
+    # ---- the loop --------------------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        from accelerate.utils import set_seed
+
+        config, method, model = self.config, self.method, self.model
+        state = self.run_dir.read_state()
+        phases = method.schedule(len(self.tasks), config.eval_all_tasks)
+        initial = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        self._mark_trainable()
+        pending_load: int | None = None
+        for phase in phases:
+            key = str(phase.row)
+            done = state["phases"].get(key, {})
+            if done.get("trained") and done.get("row") is not None:
+                # finished earlier: replay the structure only; the weights come from its checkpoint
+                set_seed(self.phase_seed(config.seed, phase.row))
+                if phase.reset:
+                    self._load_params(initial, "the initial state")
+                method.before_task(model, phase.row, self.tasks[phase.row])
+                self._mark_trainable()
+                pending_load = phase.row
+                continue
+            if pending_load is not None:
+                self.load_phase(pending_load)
+                pending_load = None
+            set_seed(self.phase_seed(config.seed, phase.row))
+            if phase.reset:
+                self._load_params(initial, "the initial state")
+            method.before_task(model, phase.row, self.tasks[phase.row])
+            self._mark_trainable()
+            if done.get("trained"):
+                self.load_phase(phase.row)
+            else:
+                train_s = self.train_phase(phase)
+                if self.is_main:
+                    tensors, meta = method.extra_state()
+                    self.run_dir.save_checkpoint(phase.row, self.trainable_state(), tensors, meta)
+                    if config.keep_checkpoints == "last":
+                        self.run_dir.prune_checkpoints(phase.row)
+                    done = {"trained": True, "row": None, "train_s": train_s}
+                    state["phases"][key] = done
+                    self.run_dir.write_state(state)
+                self.accelerator.wait_for_everyone()
+            start = time.perf_counter()
+            row, predictions = self.evaluate_phase(phase)
+            if self.is_main:
+                done.update(row=row, eval_s=time.perf_counter() - start)
+                state["phases"][key] = done
+                atomic_write_json(self.run_dir.path / "predictions" / f"after_phase_{phase.row:02d}.json", predictions)
+                self.run_dir.write_state(state)
+            self.accelerator.wait_for_everyone()
+        if pending_load is not None:
+            self.load_phase(pending_load)
+        return self.finish(state, phases)
+
+    def finish(self, state: dict[str, Any], phases: list[Phase]) -> dict[str, Any]:
+        from ..eval.cl_metrics import cl_metrics
+
+        T = len(self.tasks)
+        matrix: list[list[float | None]] = [[None] * T for _ in range(T)]
+        for phase in phases:
+            matrix[phase.row] = state["phases"][str(phase.row)]["row"]
+        names = [t.name for t in self.tasks]
+        own_single = self.config.method == "single"
+        if own_single:
+            single = {names[j]: matrix[j][j] for j in range(T)}
+        elif self.config.single_task_from:
+            single = _read_single_task_reference(self.config.single_task_from, self.tasks)
+        else:
+            single = None
+        metrics = cl_metrics(
+            matrix,
+            single_task=[single[n] for n in names] if single and not own_single else None,
+            final_row=[matrix[j][j] for j in range(T)] if own_single else None,
+        )
+        phase_states = state["phases"].values()
+        results = {
+            "benchmark": self.stream.benchmark,
+            "order": self.stream.order,
+            "method": self.config.method,
+            "model": self.config.model,
+            "seed": self.config.seed,
+            "tasks": names,
+            "metric_per_task": {t.name: t.metric for t in self.tasks},
+            "matrix": matrix,
+            "single_task": single,
+            "metrics": metrics,
+            "timing": {"train_s": round(sum(p.get("train_s", 0.0) for p in phase_states), 2),
+                       "eval_s": round(sum(p.get("eval_s", 0.0) for p in phase_states), 2)},
+            "versions": _versions(),
+            "batch": {"per_process": self.config.batch_size, "processes": self.accelerator.num_processes,
+                      "grad_accum": self.config.grad_accum,
+                      "global": self.config.batch_size * self.accelerator.num_processes * self.config.grad_accum},
+        }
+        if self.is_main:
+            from ..eval.report import write_run_report
+
+            atomic_write_json(self.run_dir.results_path, results)
+            write_run_report(self.run_dir.path, results)
+        return results
+
+
+def prepare_run_dir(config: RunConfig, output_dir: str | Path | None, resume: bool, overwrite: bool) -> Path:
+    path = Path(output_dir or config.output_dir or default_output_dir(config))
+    if resume:
+        if not (path / "config.yaml").exists():
+            raise ContinualLMError(f"--resume {path}: no config.yaml there; it is not a run directory")
+        return path
+    if path.exists() and any(path.iterdir()):
+        if not overwrite:
+            raise ContinualLMError(f"output directory {path} already exists and is not empty; pass --resume {path} "
+                                   f"to continue it or --overwrite to replace it")
+        shutil.rmtree(path)
+    return path
+
+
+def run(config: RunConfig, *, output_dir: str | Path | None = None, resume: bool = False, overwrite: bool = False,
+        backbone=None) -> dict[str, Any]:
+    """Run (or resume) a continual-learning stream; returns the results.json content."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    path = prepare_run_dir(config, output_dir, resume, overwrite)
+    if resume:
+        config = RunConfig.from_yaml(path / "config.yaml")
+    method = build_method(config)  # validates the method spec and its options before any heavy work
+    accelerator = Accelerator(gradient_accumulation_steps=config.grad_accum, mixed_precision=config.mixed_precision)
+    stream = load_stream_for(config)
+    config.order = stream.order
+    config.output_dir = str(path)
+    if config.lr is None:
+        config.lr = method.default_lr()
+    if accelerator.is_main_process:
+        path.mkdir(parents=True, exist_ok=True)
+        RunDir(path).remove_stale_temporaries()
+        atomic_write_yaml(path / "config.yaml", config.to_dict())
+    set_seed(config.seed)
+    if backbone is None:
+        from ..models.backbone import load_backbone
+
+        backbone = load_backbone(config.model, dtype=config.dtype, trust_remote_code=config.trust_remote_code,
+                                 seed=config.seed)
+    backbone.model.to(accelerator.device)
+    method.tasks = stream.tasks
+    method.setup(backbone.model, backbone)
+    if config.gradient_checkpointing:
+        backbone.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    runner = ContinualRunner(config, path, stream, backbone, method, accelerator)
+    return runner.run()
