@@ -1,4 +1,4 @@
-"""The `continual-lm` command: demo | run | report | list."""
+"""The `continual-lm` command: demo | run | report | list | analyze."""
 from __future__ import annotations
 
 import argparse
@@ -196,6 +196,12 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_analyze(args) -> int:
+    from .analysis import run_analysis
+
+    return run_analysis(args.analysis, args.rest)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -225,6 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     listing = sub.add_parser("list", help="benchmarks, orders, methods and models")
     listing.set_defaults(func=cmd_list)
+
+    analyze = sub.add_parser("analyze", help="analyses of a finished run (e.g. migu-overlap); NAME --help for options")
+    analyze.add_argument("analysis", help="name of the analysis")
+    analyze.add_argument("rest", nargs=argparse.REMAINDER, help="RUN_DIR and the analysis' own options")
+    analyze.set_defaults(func=cmd_analyze)
     return parser
 
 

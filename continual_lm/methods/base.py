@@ -1,9 +1,13 @@
 """The method interface: hooks the one continual-learning loop calls (after Avalanche's strategy/plugins).
 
 Per run:   setup(model)                                  inject PET blocks, choose what trains
+Context:   method.context (RunContext) is set before setup: config, tasks, collator, accelerator, run dir,
+           and helpers that batch examples the way training/evaluation do (Fisher, attention statistics).
 Per phase: before_task(i, task)                          grow/freeze structure (must be deterministic: it is
                                                          replayed on resume before the checkpoint is loaded)
            train_examples(i, examples) -> examples        e.g. replay mixes its memory in
+           before_forward(model, batch)                  per training batch, before the forward (e.g. MIGU
+                                                         reads the padding mask for its statistics)
            forward(model, batch) -> outputs               the training forward (prompt methods override)
            extra_loss(model, batch, outputs) -> tensor    regularisers (L1, KL, orthogonality, EWC)
            after_backward(model)                          gradient edits (MIGU masks) before the optimiser step
@@ -11,6 +15,9 @@ Per phase: before_task(i, task)                          grow/freeze structure (
 Eval:      generate(model, batch, max_new_tokens)        batch holds input_ids/attention_mask only; the task id
                                                          is added (batch["task_ids"]) only when the method
                                                          declares uses_task_id_at_test.
+End:       on_run_end(model)                             after the last phase, main process: analyses and
+                                                         figures into context.run_dir (*_heatmap.png is shown
+                                                         by the report)
 State:     extra_state() / load_extra_state(tensors, meta)   method state that is not a model parameter.
 
 A ``+`` composition ("inclora+migu") is a Composite: the base method plus plugins, each hook called in order.
@@ -51,6 +58,38 @@ class NoOptions:
     pass
 
 
+@dataclass
+class RunContext:
+    """What a method may use of its run besides the model: set as ``method.context`` before ``setup``."""
+
+    config: RunConfig
+    tasks: list[Task]
+    collator: Any  # data.collate.Collator
+    accelerator: Any
+    run_dir: Any  # pathlib.Path
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    def train_batches(self, examples: list[TrainExample], batch_size: int | None = None):
+        """Padded training batches (input_ids, attention_mask, labels, task_ids) on the device, in order."""
+        size = batch_size or self.config.batch_size
+        encoded = [self.collator.encode_train(self.tasks[e.task_index], e.example, e.task_index) for e in examples]
+        for start in range(0, len(encoded), size):
+            batch = self.collator.train_batch(encoded[start:start + size])
+            yield {k: v.to(self.device) for k, v in batch.items()}
+
+    def prompt_batches(self, task_index: int, texts: list[str], batch_size: int | None = None):
+        """Padded prompt-only batches (input_ids, attention_mask) as evaluation builds them, in order."""
+        size = batch_size or self.config.eval_batch_size
+        task = self.tasks[task_index]
+        encoded = [self.collator.encode_prompt(task, Example(text, ""), task_index) for text in texts]
+        for start in range(0, len(encoded), size):
+            batch = self.collator.generation_batch(encoded[start:start + size])
+            yield {k: v.to(self.device) for k, v in batch.items()}
+
+
 class Method:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
@@ -64,6 +103,7 @@ class Method:
         self.config = config
         self.options = options if options is not None else build_options(self.Options, self.name, config.method_options)
         self.tasks: list[Task] = []
+        self.context: RunContext | None = None
 
     # ---- structure -------------------------------------------------------------------------------------------
     def setup(self, model: nn.Module, backbone) -> None:
@@ -81,6 +121,9 @@ class Method:
     # ---- training --------------------------------------------------------------------------------------------
     def train_examples(self, task_index: int, examples: list[TrainExample]) -> list[TrainExample]:
         return examples
+
+    def before_forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> None:
+        pass
 
     def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]):
         return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
@@ -100,6 +143,9 @@ class Method:
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
             max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
         )
+
+    def on_run_end(self, model: nn.Module) -> None:
+        pass
 
     # ---- state -----------------------------------------------------------------------------------------------
     def extra_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -160,6 +206,26 @@ class Composite(Method):
         self.name = "+".join(p.name for p in parts)
         self.uses_task_id_at_test = self.base.uses_task_id_at_test
         self.full_finetuning = self.base.full_finetuning
+        self._context: RunContext | None = None
+
+    @property
+    def context(self):
+        return self._context
+
+    @context.setter
+    def context(self, value):
+        self._context = value
+        for part in self.parts:
+            part.context = value
+
+    @property
+    def tasks(self):
+        return self.base.tasks
+
+    @tasks.setter
+    def tasks(self, value):
+        for part in self.parts:
+            part.tasks = value
 
     def setup(self, model, backbone):
         for part in self.parts:
@@ -176,6 +242,10 @@ class Composite(Method):
         for part in self.parts:
             examples = part.train_examples(task_index, examples)
         return examples
+
+    def before_forward(self, model, batch):
+        for part in self.parts:
+            part.before_forward(model, batch)
 
     def forward(self, model, batch):
         return self.base.forward(model, batch)
@@ -194,6 +264,10 @@ class Composite(Method):
 
     def generate(self, model, batch, max_new_tokens):
         return self.base.generate(model, batch, max_new_tokens)
+
+    def on_run_end(self, model):
+        for part in self.parts:
+            part.on_run_end(model)
 
     def extra_state(self):
         tensors, meta = {}, {}

@@ -23,7 +23,7 @@ from ..data.collate import Collator, Encoded
 from ..data.tasks import Task
 from ..errors import ContinualLMError
 from ..io_utils import atomic_write_json, atomic_write_yaml
-from ..methods.base import Method, Phase, TrainExample, build_method
+from ..methods.base import Method, Phase, RunContext, TrainExample, build_method
 from .checkpoint import RunDir
 
 
@@ -100,6 +100,7 @@ class ContinualRunner:
                                  config.max_target_length, config.prompt_task_name)
         self.lr = config.lr if config.lr is not None else method.default_lr()
         self.touched: set[str] = set()
+        method.context = RunContext(config, self.tasks, self.collator, accelerator, self.run_dir.path)
         self.consumed_task_indices: list[set[int]] = []  # which tasks' data each trained phase consumed
 
     # ---- state helpers ---------------------------------------------------------------------------------------
@@ -162,6 +163,7 @@ class ContinualRunner:
         for _ in range(config.epochs):
             for batch in loader:
                 with accelerator.accumulate(train_model), accelerator.autocast():
+                    method.before_forward(model, batch)
                     outputs = method.forward(train_model, batch)
                     loss = outputs.loss
                     extra = method.extra_loss(model, batch, outputs)
@@ -300,6 +302,7 @@ class ContinualRunner:
         if self.is_main:
             from ..eval.report import write_run_report
 
+            self.method.on_run_end(self.model)
             atomic_write_json(self.run_dir.results_path, results)
             write_run_report(self.run_dir.path, results)
         return results
@@ -347,8 +350,8 @@ def run(config: RunConfig, *, output_dir: str | Path | None = None, resume: bool
                                  seed=config.seed)
     backbone.model.to(accelerator.device)
     method.tasks = stream.tasks
+    runner = ContinualRunner(config, path, stream, backbone, method, accelerator)  # sets method.context
     method.setup(backbone.model, backbone)
     if config.gradient_checkpointing:
         backbone.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    runner = ContinualRunner(config, path, stream, backbone, method, accelerator)
     return runner.run()
