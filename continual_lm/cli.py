@@ -1,4 +1,4 @@
-"""The `continual-lm` command: demo | run | report | list | analyze."""
+"""The `continual-lm` command: demo | run | report | list | predict | export | merge | analyze."""
 from __future__ import annotations
 
 import argparse
@@ -196,6 +196,37 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_predict(args) -> int:
+    from .api import load_run
+    from .data.formats import read_records
+    from .io_utils import atomic_write_text
+
+    records = read_records(args.input)
+    predictions = load_run(args.run_dir).predict(records, batch_size=args.batch_size, progress=True)
+    lines = [json.dumps({**r, "prediction": p}, ensure_ascii=False) for r, p in zip(records, predictions)]
+    if args.output:
+        atomic_write_text(args.output, "\n".join(lines) + "\n")
+        print(f"{len(lines)} predictions -> {args.output}")
+    else:
+        print("\n".join(lines))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .api import export_run, load_run
+
+    summary = export_run(load_run(args.run_dir), args.out, args.format)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_merge(args) -> int:
+    from .api import load_run, merge_run
+
+    print(f"merged model -> {merge_run(load_run(args.run_dir), args.out)}")
+    return 0
+
+
 def cmd_analyze(args) -> int:
     from .analysis import run_analysis
 
@@ -231,6 +262,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     listing = sub.add_parser("list", help="benchmarks, orders, methods and models")
     listing.set_defaults(func=cmd_list)
+
+    predict = sub.add_parser("predict", help="task-agnostic predictions of a run's final model")
+    predict.add_argument("run_dir")
+    predict.add_argument("--input", required=True, help='JSON/JSONL records: {"prompt": ...} or {"input": ..., "task": ...}')
+    predict.add_argument("--output", help="JSONL file (default: standard output)")
+    predict.add_argument("--batch-size", type=int, default=None)
+    predict.set_defaults(func=cmd_predict)
+
+    export = sub.add_parser("export", help="every task's LoRA as a peft adapter folder (+ a combined one)")
+    export.add_argument("run_dir")
+    export.add_argument("out")
+    export.add_argument("--format", default="peft", help="peft (default)")
+    export.set_defaults(func=cmd_export)
+
+    merge = sub.add_parser("merge", help="a standalone HF model folder with the LoRAs merged (static methods)")
+    merge.add_argument("run_dir")
+    merge.add_argument("out")
+    merge.set_defaults(func=cmd_merge)
 
     analyze = sub.add_parser("analyze", help="analyses of a finished run (e.g. migu-overlap); NAME --help for options")
     analyze.add_argument("analysis", help="name of the analysis")

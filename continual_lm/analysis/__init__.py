@@ -9,7 +9,9 @@ import importlib
 
 from ..errors import unknown_choice
 
-ANALYSES: dict[str, str] = {}
+ANALYSES: dict[str, str] = {
+    "migu-overlap": "continual_lm.analysis.migu_overlap:main",
+}
 
 
 def run_analysis(name: str, argv: list[str]) -> int:

@@ -5,7 +5,7 @@ from .base import LoRAMethod
 class IncLoRA(LoRAMethod):
     name = "inclora"
     description = "a new LoRA per task, earlier ones frozen, outputs summed"
-    composable_with = ("migu", "replay", "ewc")
+    composable_with = ("migu", "replay")  # not ewc: nothing trained in task t was trained before t
 
     def before_task(self, model, task_index, task):
         self.add_task_lora(freeze_previous=True)

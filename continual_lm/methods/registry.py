@@ -11,6 +11,12 @@ METHODS: dict[str, str] = {
     "inclora": "continual_lm.methods.inclora:IncLoRA",
     "mtl": "continual_lm.methods.reference:MTL",
     "single": "continual_lm.methods.reference:Single",
+    "olora": "continual_lm.methods.olora:OLoRA",
+    "replay": "continual_lm.methods.replay:Replay",
+    "ewc": "continual_lm.methods.ewc:EWC",
+    "moelora": "continual_lm.methods.moelora:MoELoRA",
+    "amlora": "continual_lm.methods.amlora:AMLoRA",
+    "migu": "continual_lm.methods.migu:MIGU",
 }
 
 

@@ -206,35 +206,51 @@ class ContinualRunner:
         return row, predictions
 
     # ---- the loop --------------------------------------------------------------------------------------------
-    def run(self) -> dict[str, Any]:
+    def _start_phase(self, phase: Phase, initial: dict[str, torch.Tensor]) -> None:
+        """Seed, reset if the phase asks, and let the method grow/freeze its structure for the phase."""
         from accelerate.utils import set_seed
 
+        set_seed(self.phase_seed(self.config.seed, phase.row))
+        if phase.reset:
+            self._load_params(initial, "the initial state")
+        self.method.before_task(self.model, phase.row, self.tasks[phase.row])
+        self._mark_trainable()
+
+    def _initial_state(self) -> dict[str, torch.Tensor]:
+        self._mark_trainable()
+        return {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def restore_final(self) -> int:
+        """Rebuild the model as it was after the last trained phase (for predict/export/merge/analyses)."""
+        state = self.run_dir.read_state()
+        phases = self.method.schedule(len(self.tasks), self.config.eval_all_tasks)
+        trained = [p for p in phases if state["phases"].get(str(p.row), {}).get("trained")]
+        if not trained:
+            raise ContinualLMError(f"{self.run_dir.path}: no phase has finished training yet; nothing to load")
+        initial = self._initial_state()
+        for phase in trained:
+            self._start_phase(phase, initial)
+        self.load_phase(trained[-1].row)
+        self.model.eval()
+        return trained[-1].row
+
+    def run(self) -> dict[str, Any]:
         config, method, model = self.config, self.method, self.model
         state = self.run_dir.read_state()
         phases = method.schedule(len(self.tasks), config.eval_all_tasks)
-        initial = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-        self._mark_trainable()
+        initial = self._initial_state()
         pending_load: int | None = None
         for phase in phases:
             key = str(phase.row)
             done = state["phases"].get(key, {})
             if done.get("trained") and done.get("row") is not None:
-                # finished earlier: replay the structure only; the weights come from its checkpoint
-                set_seed(self.phase_seed(config.seed, phase.row))
-                if phase.reset:
-                    self._load_params(initial, "the initial state")
-                method.before_task(model, phase.row, self.tasks[phase.row])
-                self._mark_trainable()
+                self._start_phase(phase, initial)  # finished earlier: structure only, weights from its checkpoint
                 pending_load = phase.row
                 continue
             if pending_load is not None:
                 self.load_phase(pending_load)
                 pending_load = None
-            set_seed(self.phase_seed(config.seed, phase.row))
-            if phase.reset:
-                self._load_params(initial, "the initial state")
-            method.before_task(model, phase.row, self.tasks[phase.row])
-            self._mark_trainable()
+            self._start_phase(phase, initial)
             if done.get("trained"):
                 self.load_phase(phase.row)
             else:
@@ -322,15 +338,11 @@ def prepare_run_dir(config: RunConfig, output_dir: str | Path | None, resume: bo
     return path
 
 
-def run(config: RunConfig, *, output_dir: str | Path | None = None, resume: bool = False, overwrite: bool = False,
-        backbone=None) -> dict[str, Any]:
-    """Run (or resume) a continual-learning stream; returns the results.json content."""
+def build_runner(config: RunConfig, path: Path, *, backbone=None, write_config: bool = True) -> ContinualRunner:
+    """Everything a run needs, built from its configuration: stream, backbone, method (set up), accelerator."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    path = prepare_run_dir(config, output_dir, resume, overwrite)
-    if resume:
-        config = RunConfig.from_yaml(path / "config.yaml")
     method = build_method(config)  # validates the method spec and its options before any heavy work
     accelerator = Accelerator(gradient_accumulation_steps=config.grad_accum, mixed_precision=config.mixed_precision)
     stream = load_stream_for(config)
@@ -338,7 +350,7 @@ def run(config: RunConfig, *, output_dir: str | Path | None = None, resume: bool
     config.output_dir = str(path)
     if config.lr is None:
         config.lr = method.default_lr()
-    if accelerator.is_main_process:
+    if write_config and accelerator.is_main_process:
         path.mkdir(parents=True, exist_ok=True)
         RunDir(path).remove_stale_temporaries()
         atomic_write_yaml(path / "config.yaml", config.to_dict())
@@ -354,4 +366,25 @@ def run(config: RunConfig, *, output_dir: str | Path | None = None, resume: bool
     method.setup(backbone.model, backbone)
     if config.gradient_checkpointing:
         backbone.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return runner.run()
+    return runner
+
+
+def run(config: RunConfig, *, output_dir: str | Path | None = None, resume: bool = False, overwrite: bool = False,
+        backbone=None) -> dict[str, Any]:
+    """Run (or resume) a continual-learning stream; returns the results.json content."""
+    path = prepare_run_dir(config, output_dir, resume, overwrite)
+    if resume:
+        config = RunConfig.from_yaml(path / "config.yaml")
+    return build_runner(config, path, backbone=backbone).run()
+
+
+def load_final_runner(run_dir: str | Path, *, backbone=None) -> ContinualRunner:
+    """The runner of a run directory with its final trained model restored (nothing is written)."""
+    path = Path(run_dir)
+    if not (path / "config.yaml").exists():
+        raise ContinualLMError(f"{path}: no config.yaml there; expected a run directory")
+    config = RunConfig.from_yaml(path / "config.yaml")
+    config.progress = False
+    runner = build_runner(config, path, backbone=backbone, write_config=False)
+    runner.restore_final()
+    return runner

@@ -1,0 +1,146 @@
+"""`continual-lm analyze migu-overlap RUN_DIR`: MIGU's task-similarity heatmap (paper, Figure 4).
+
+With the run's final model, feed ``--samples`` training examples of each task and rank the output units of one
+layer by MIGU's magnitude statistic (L1-normalised |W x| averaged over the non-padding tokens; for a LoRA run the
+layer is a LoRA bank and its output is the adapted layer's output). The *updated positions* of a task are the units
+MIGU would update, the 1 - T fraction of largest magnitude. Cell (i, j) is the overlap ratio
+|U_i & U_j| / |U_i|. Run it on a `seqlora` run and on a `seqlora+migu` run for the paper's "without / with MIGU".
+Writes RUN_DIR/migu_overlap_heatmap.png (shown by the run report) and a JSON with the matrix next to it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from ..errors import ContinualLMError, unknown_choice
+
+
+def load_final_model(run_dir: str | Path):
+    """Rebuild a run's model as the loop does (setup, then every finished phase's before_task) and load its last
+    checkpoint. Returns the runner (``.model``, ``.method``, ``.tasks``, ``.config``, ``.method.context``)."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    from ..config import RunConfig
+    from ..methods.base import build_method
+    from ..models.backbone import load_backbone
+    from ..train.checkpoint import RunDir
+    from ..train.loop import ContinualRunner, load_stream_for
+
+    folder = RunDir(run_dir)
+    if not folder.config_path.exists():
+        raise ContinualLMError(f"{run_dir}: no config.yaml there; expected a run directory")
+    rows = sorted(int(p.name.split("_")[1]) for p in (folder.path / "checkpoints").glob("phase_[0-9]*"))
+    if not rows:
+        raise ContinualLMError(f"{run_dir}: no phase checkpoint under checkpoints/; train the run first")
+    config = RunConfig.from_yaml(folder.config_path)
+    method = build_method(config)
+    stream = load_stream_for(config)
+    backbone = load_backbone(config.model, dtype=config.dtype, trust_remote_code=config.trust_remote_code,
+                             seed=config.seed)
+    accelerator = Accelerator()
+    backbone.model.to(accelerator.device)
+    method.tasks = stream.tasks
+    runner = ContinualRunner(config, folder.path, stream, backbone, method, accelerator)
+    set_seed(config.seed)
+    method.setup(backbone.model, backbone)
+    for phase in method.schedule(len(stream.tasks), config.eval_all_tasks):
+        if phase.row <= rows[-1]:
+            set_seed(runner.phase_seed(config.seed, phase.row))
+            method.before_task(backbone.model, phase.row, stream.tasks[phase.row])
+    runner.load_phase(rows[-1])
+    backbone.model.eval()
+    return runner
+
+
+def updated_positions(runner, layer: str, task_index: int, samples: int, threshold: float) -> torch.Tensor:
+    """Indices of the units MIGU updates for ``samples`` training examples of one task (a bool mask over d_out)."""
+    from ..methods.base import TrainExample
+    from ..methods.migu import MagnitudeStats, smallest_units
+
+    model, method = runner.model, runner.method
+    examples = [TrainExample(task_index, e) for e in runner.tasks[task_index].train[:samples]]
+    stats = MagnitudeStats(model, {layer: model.get_submodule(layer)}, always=True)
+    try:
+        with torch.no_grad():
+            for batch in method.context.train_batches(examples):
+                stats.set_batch(batch)
+                method.forward(model, batch)
+    finally:
+        stats.remove()
+    magnitude = stats.output[layer]
+    updated = torch.ones_like(magnitude, dtype=torch.bool)
+    updated[smallest_units(magnitude, threshold)] = False
+    return updated
+
+
+def overlap_matrix(positions: list[torch.Tensor]) -> list[list[float]]:
+    return [[round(float((a & b).sum() / a.sum().clamp_min(1)), 4) for b in positions] for a in positions]
+
+
+def save_heatmap(matrix: list[list[float]], names: list[str], title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    size = max(4.0, 0.5 * len(names) + 2)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    image = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis")
+    ax.set_xticks(range(len(names)), names, rotation=60, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    if len(names) <= 16:
+        for i, row in enumerate(matrix):
+            for j, value in enumerate(row):
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                        color="black" if value > 0.6 else "white")
+    fig.colorbar(image, ax=ax, label="overlap of updated positions")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str]) -> int:
+    from ..methods.migu import default_threshold, select_targets
+
+    parser = argparse.ArgumentParser(prog="continual-lm analyze migu-overlap", description=__doc__.split("\n\n")[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir")
+    parser.add_argument("--layer", help="module name (default: the middle one of MIGU's target modules)")
+    parser.add_argument("--samples", type=int, default=100, help="training samples per task (default 100)")
+    parser.add_argument("--threshold", type=float,
+                        help="T (default: the run's --migu-threshold, else MIGU's default for its method)")
+    parser.add_argument("--output", help="PNG path (default RUN_DIR/migu_overlap_heatmap.png); JSON beside it")
+    args = parser.parse_args(argv)
+    if args.samples <= 0:
+        raise ContinualLMError(f"--samples must be a positive integer, got {args.samples}")
+    runner = load_final_model(args.run_dir)
+    config = runner.config
+    threshold = args.threshold
+    if threshold is None:
+        threshold = (config.method_options.get("migu") or {}).get("threshold")
+    if threshold is None:
+        threshold = default_threshold(config.method)
+    if not 0 <= threshold < 1:
+        raise ContinualLMError(f"--threshold must be in [0, 1), got {threshold}")
+    targets = list(select_targets(runner.model, None))
+    layer = args.layer or targets[len(targets) // 2]
+    if layer not in targets:
+        raise unknown_choice("--layer", layer, targets)
+    positions = [updated_positions(runner, layer, j, args.samples, threshold) for j in range(len(runner.tasks))]
+    matrix = overlap_matrix(positions)
+    names = [t.name for t in runner.tasks]
+    output = Path(args.output) if args.output else Path(args.run_dir) / "migu_overlap_heatmap.png"
+    title = f"{config.method} on {config.model}\nupdated-position overlap, {layer}, T={threshold:g}"
+    save_heatmap(matrix, names, title, output)
+    record = {"run_dir": str(args.run_dir), "method": config.method, "model": config.model, "layer": layer,
+              "threshold": threshold, "samples_per_task": args.samples, "units": int(positions[0].numel()),
+              "tasks": names, "overlap": matrix}
+    output.with_suffix(".json").write_text(json.dumps(record, indent=1))
+    print(f"wrote {output} and {output.with_suffix('.json')}")
+    return 0

@@ -1,0 +1,191 @@
+"""Use what a run learned: load its final model, predict without task ids, export adapters, merge weights.
+
+    run = continual_lm.load_run("runs/std1-inclora")
+    run.predict(["What is the topic ...\\nAnswer:"])                    # full prompts, as-is
+    run.predict([{"input": "Title: ...", "task": "dbpedia"}])            # formatted with that task's template
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from .data.tasks import GENERATION, ROUGE_L, Task
+from .errors import ContinualLMError
+from .io_utils import atomic_write_json
+from .models.inject import find_lora_banks
+
+
+@dataclass
+class LoadedRun:
+    path: Path
+    runner: Any  # train.loop.ContinualRunner with the final model restored
+
+    @property
+    def model(self):
+        return self.runner.model
+
+    @property
+    def tokenizer(self):
+        return self.runner.backbone.tokenizer
+
+    @property
+    def method(self):
+        return self.runner.method
+
+    @property
+    def config(self):
+        return self.runner.config
+
+    @property
+    def tasks(self) -> list[Task]:
+        return self.runner.tasks
+
+    def _raw_task(self) -> Task:
+        return Task(name="prompt", kind=GENERATION, metric=ROUGE_L, instruction="", train=[], test=[],
+                    template="{input}")
+
+    def predict(self, inputs: list[str | dict], batch_size: int | None = None, progress: bool = False) -> list[str]:
+        """Greedy predictions through exactly the evaluation path. A string or {"prompt": ...} is used as the full
+        prompt; {"input": ..., "task": NAME} is formatted with that task's instruction/template (formatting only:
+        the task id reaches the method only if it declares uses_task_id_at_test, as in evaluation)."""
+        from .eval.generate import predict_texts
+
+        by_name = {t.name: k for k, t in enumerate(self.tasks)}
+        groups: dict[int | None, list[tuple[int, str]]] = {}
+        for position, item in enumerate(inputs):
+            if isinstance(item, str):
+                item = {"prompt": item}
+            if not isinstance(item, dict) or not ({"prompt", "input"} & set(item)):
+                raise ContinualLMError(f"input {position}: expected a string, {{'prompt': ...}} or "
+                                       f"{{'input': ..., 'task': ...}}, got {item!r:.80}")
+            if "prompt" in item:
+                groups.setdefault(None, []).append((position, str(item["prompt"])))
+                continue
+            name = item.get("task")
+            if name is None:
+                raise ContinualLMError(f"input {position}: an 'input' needs a 'task' (whose template formats it); "
+                                       f"pass a full 'prompt' instead to stay task-agnostic")
+            if name not in by_name:
+                raise ContinualLMError(f"input {position}: unknown task {name!r}; this run's tasks: "
+                                       f"{', '.join(by_name)}")
+            groups.setdefault(by_name[name], []).append((position, str(item["input"])))
+        if self.method.uses_task_id_at_test and None in groups:
+            raise ContinualLMError(f"method {self.config.method} needs a task id at test time; give inputs as "
+                                   f"{{'input': ..., 'task': ...}}")
+        predictions: list[str | None] = [None] * len(inputs)
+        for task_index, items in groups.items():
+            task = self._raw_task() if task_index is None else self.tasks[task_index]
+            texts = predict_texts(self.model, self.method, self.runner.collator, task,
+                                  -1 if task_index is None else task_index, [text for _, text in items],
+                                  batch_size or self.config.eval_batch_size, None, progress,
+                                  desc=f"predict {task.name}")
+            for (position, _), text in zip(items, texts):
+                predictions[position] = text
+        return predictions  # type: ignore[return-value]
+
+
+def load_run(run_dir: str | Path) -> LoadedRun:
+    """The final model of a run directory, ready to predict, export or merge."""
+    from .train.loop import load_final_runner
+
+    return LoadedRun(Path(run_dir), load_final_runner(run_dir))
+
+
+# ---- export ------------------------------------------------------------------------------------------------------
+def _is_static(run: LoadedRun) -> bool:
+    banks = find_lora_banks(run.model)
+    return bool(banks) and all(bank.mixer is None for bank in banks.values())
+
+
+def _peft_adapter(run: LoadedRun, out: Path, pieces: dict[str, tuple[torch.Tensor, torch.Tensor]], rank: int,
+                  alpha: float) -> None:
+    from peft import LoraConfig
+
+    lora = run.config.lora
+    suffixes = sorted({name.rsplit(".", 1)[-1] for name in pieces})
+    task_type = "SEQ_2_SEQ_LM" if run.runner.backbone.is_seq2seq else "CAUSAL_LM"
+    LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=lora.dropout, target_modules=suffixes, task_type=task_type,
+               base_model_name_or_path=run.runner.backbone.source).save_pretrained(str(out))
+    tensors = {}
+    for name, (A, B) in pieces.items():
+        tensors[f"base_model.model.{name}.lora_A.weight"] = A.detach().contiguous().cpu()
+        tensors[f"base_model.model.{name}.lora_B.weight"] = B.detach().contiguous().cpu()
+    save_file(tensors, str(out / "adapter_model.safetensors"))
+
+
+def export_run(run: LoadedRun, out: str | Path, fmt: str = "peft") -> dict[str, Any]:
+    """Write every task's LoRA as a peft adapter folder; for sum-of-LoRA methods also one combined adapter that
+    reproduces the run. Input-dependent mixtures (AM-LoRA, SAPT, MoELoRA) are exported in the project's own format
+    (banks + selector, safetensors) next to the per-task adapters, and the summary says so."""
+    if fmt != "peft":
+        raise ContinualLMError(f"--format {fmt!r}: expected 'peft'")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise ContinualLMError(f"export directory {out} already exists and is not empty")
+    banks = find_lora_banks(run.model)
+    if not banks:
+        raise ContinualLMError(f"method {run.config.method} has no LoRAs to export; use `continual-lm merge` to "
+                               f"write the fine-tuned model")
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    lora = run.config.lora
+    count = min(bank.num_loras for bank in banks.values())
+    written = []
+    for index in range(count):
+        label = run.tasks[index].name if count == len(run.tasks) else f"lora{index}"
+        folder = tmp / f"task_{index:02d}_{label}"
+        _peft_adapter(run, folder, {n: (b.lora_A[index], b.lora_B[index]) for n, b in banks.items()}, lora.r,
+                      lora.alpha)
+        written.append(folder.name)
+    summary: dict[str, Any] = {"method": run.config.method, "model": run.config.model, "tasks": written}
+    if _is_static(run):
+        stacked = {n: b.stacked() for n, b in banks.items()}
+        # scaling alpha/r per LoRA == (alpha*T) / (r*T) for the rank-(r*T) concatenation
+        _peft_adapter(run, tmp / "combined", stacked, lora.r * count, lora.alpha * count)
+        summary["combined"] = "combined"
+        summary["note"] = "load 'combined' with peft.PeftModel.from_pretrained to reproduce the run's model"
+    else:
+        trainable = run.runner.trainable_state()
+        save_file({k: v.detach().contiguous().cpu() for k, v in trainable.items()}, str(tmp / "banks.safetensors"))
+        shutil.copy(run.path / "config.yaml", tmp / "config.yaml")
+        summary["own_format"] = "banks.safetensors"
+        summary["note"] = (f"{run.config.method} mixes its LoRAs input-dependently, which a static peft adapter "
+                           f"cannot express: banks.safetensors + config.yaml hold the LoRA banks and the selector in "
+                           f"continual_lm's own format (load with continual_lm.load_run on a run directory); the "
+                           f"per-task folders are standard peft adapters of the individual LoRAs")
+    atomic_write_json(tmp / "export.json", summary)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return summary
+
+
+def merge_run(run: LoadedRun, out: str | Path) -> Path:
+    """A standalone Hugging Face model folder with the LoRAs merged into the weights (static methods only)."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise ContinualLMError(f"merge directory {out} already exists and is not empty")
+    banks = find_lora_banks(run.model)
+    if banks and not _is_static(run):
+        raise ContinualLMError(f"method {run.config.method} mixes its LoRAs depending on the input; its model cannot "
+                               f"be merged into static weights (use `continual-lm export`)")
+    model = run.model
+    with torch.no_grad():
+        for name, bank in banks.items():
+            bank.base.weight += bank.delta_weight().to(bank.base.weight.dtype)
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, child, bank.base)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    run.tokenizer.save_pretrained(str(tmp))
+    (tmp / "continual_lm_merge.json").write_text(json.dumps({"run": str(run.path), "method": run.config.method}))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out

@@ -1,0 +1,250 @@
+"""AM-LoRA: an attentional mixture of per-task LoRAs with an L1-sparse selector (Liu et al., 2024, arXiv:2409.19611).
+
+Per adapted projection, task n adds LoRA dw_n = B_n A_n (the base and LoRAs 1..n-1 frozen) and a dense vector
+W_r,n in R^{d_out}; LoRA 0 is the *zero LoRA* (its output is always 0). Per token
+
+    g = softmax_i( W_r,i^T (dw_i x) )  over i = 0..n,     h = W_0 x + sum_i g_i (dw_i x)
+
+computed without the n full-width LoRA outputs: W_r,i^T (dw_i x) = scaling * (B_i^T W_r,i) . (A_i x), where
+A_i x is what the LoRABank already computes for all LoRAs with one matmul. The zero LoRA's score is W_r,0^T 0 = 0.
+Training adds lambda_t * sum over layers and LoRAs of ||W_r,i||_1 (lambda per task). See docs/methods/amlora.md.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from ..errors import ContinualLMError
+from .base import LoRAMethod
+
+L1_PRESETS: dict[str, float] = {
+    "paper-standard": 1e-5,  # the paper's lambda for the standard benchmark, orders 1-3
+}
+MODES = ("all", "new")
+ATTENTION_JSON = "amlora_attention.json"
+
+
+class AttentionSelector(nn.Module):
+    """The selector of one LoRABank (set as ``bank.mixer``): one dense vector W_r,i [d_out] per LoRA, i = 0 the zero
+    LoRA. Returns the weights g_1..n of the bank's LoRAs; ``last_distribution`` keeps g_0..n when the bank records."""
+
+    def __init__(self, out_features: int):
+        super().__init__()
+        self.out_features = out_features
+        self.dense = nn.ParameterList()  # W_r,0 (zero LoRA), W_r,1, ... : separate so earlier ones can be frozen
+        self.last_distribution: torch.Tensor | None = None
+
+    def add_dense(self, like: torch.Tensor) -> None:
+        """A new W_r,i, initialised like nn.Linear(d_out, 1)'s weight: U(-1/sqrt(d_out), 1/sqrt(d_out))."""
+        bound = 1.0 / math.sqrt(self.out_features)
+        weight = torch.empty(self.out_features, device=like.device, dtype=like.dtype).uniform_(-bound, bound)
+        self.dense.append(nn.Parameter(weight))
+
+    def distribution(self, bank, xa: torch.Tensor) -> torch.Tensor:
+        """g_0..n [..., n+1] from xa = A_i x per LoRA [..., n, r]."""
+        n = xa.shape[-2]
+        B = torch.cat(list(bank.lora_B), dim=1).view(self.out_features, n, bank.r)  # [out, n, r]
+        W = torch.stack(list(self.dense)[1:n + 1])  # [n, out]
+        keys = torch.einsum("onr,no->nr", B, W.to(B.dtype)) * bank.scaling  # scaling * B_i^T W_r,i
+        scores = (xa * keys.to(xa.dtype)).sum(-1)  # [..., n]
+        zero_lora = scores.new_zeros(scores.shape[:-1] + (1,))  # W_r,0^T 0
+        return torch.softmax(torch.cat([zero_lora, scores], dim=-1).float(), dim=-1).to(xa.dtype)
+
+    def forward(self, bank, x: torch.Tensor, xa: torch.Tensor) -> torch.Tensor:
+        dist = self.distribution(bank, xa)
+        if bank.record_weights:
+            self.last_distribution = dist.detach()
+        return dist[..., 1:]
+
+
+@dataclass
+class AMLoRAOptions:
+    l1: float | list[float] | None = None  # lambda of the L1 term; one value or one per task; None = the preset's
+    preset: str = "paper-standard"  # where l1 comes from when it is not given (see L1_PRESETS)
+    mode: str = "all"  # all: every selector dense layer trains with each task (AR); new: only the new one (NR)
+    attention_samples: int = 32  # test inputs per task whose mean selector weights are recorded at the end; 0 = off
+
+    def validate(self) -> None:
+        if self.mode not in MODES:
+            raise ContinualLMError(f"--amlora-mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.preset not in L1_PRESETS:
+            raise ContinualLMError(f"--amlora-preset must be one of {', '.join(L1_PRESETS)}, got {self.preset!r} "
+                                   f"(or give the values directly with --amlora-l1)")
+        values = self.l1 if isinstance(self.l1, list) else [self.l1]
+        if self.l1 is not None and (not values or any(
+                isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or not math.isfinite(v) for v in values)):
+            raise ContinualLMError(f"--amlora-l1 expects one non-negative number or one per task, got {self.l1!r}")
+        if isinstance(self.attention_samples, bool) or not isinstance(self.attention_samples, int) \
+                or self.attention_samples < 0:
+            raise ContinualLMError(f"--amlora-attention-samples must be a non-negative integer, "
+                                   f"got {self.attention_samples!r}")
+
+
+class AMLoRA(LoRAMethod):
+    name = "amlora"
+    description = "a new LoRA per task mixed per token by an L1-sparse attentional selector with a zero LoRA"
+    Options: ClassVar[type] = AMLoRAOptions
+    composable_with = ("migu", "replay", "ewc")
+
+    current_task = 0
+
+    def setup(self, model, backbone):
+        lam = self.options.l1
+        if isinstance(lam, list) and self.tasks and len(lam) != len(self.tasks):
+            raise ContinualLMError(f"--amlora-l1: expected one value or one per task ({len(self.tasks)} tasks), "
+                                   f"got {len(lam)} values")
+        super().setup(model, backbone)
+
+    def l1_lambda(self, task_index: int) -> float:
+        lam = self.options.l1 if self.options.l1 is not None else L1_PRESETS[self.options.preset]
+        if isinstance(lam, list):
+            if task_index >= len(lam):
+                raise ContinualLMError(f"--amlora-l1 has {len(lam)} values; task {task_index + 1} needs one")
+            return float(lam[task_index])
+        return float(lam)
+
+    def before_task(self, model, task_index, task):
+        self.current_task = task_index
+        self.add_task_lora(freeze_previous=True)
+        for bank in self.banks.values():
+            if bank.mixer is None:
+                bank.mixer = AttentionSelector(bank.out_features)
+                bank.mixer.add_dense(bank.base.weight)  # W_r,0 of the zero LoRA
+            bank.mixer.add_dense(bank.base.weight)
+            new = bank.num_loras  # index of the new LoRA's dense layer (0 is the zero LoRA's)
+            for i, weight in enumerate(bank.mixer.dense):
+                weight.requires_grad_(self.options.mode == "all" or i == new or task_index == 0)
+
+    def selector_weights(self) -> list[torch.Tensor]:
+        return [w for bank in self.banks.values() for w in bank.mixer.dense]
+
+    def extra_loss(self, model, batch, outputs):
+        lam = self.l1_lambda(self.current_task)
+        if lam == 0:
+            return None
+        return lam * torch.cat(self.selector_weights()).abs().sum()
+
+    # ---- the paper's Figure 4: mean selector weights per layer and LoRA --------------------------------------
+    @torch.no_grad()
+    def record_attention(self, model) -> dict:
+        """Mean g_0..n per bank on up to ``attention_samples`` test inputs of each task (padding masked out)."""
+        context, n = self.context, self.options.attention_samples
+        tasks = context.tasks
+        banks = self.banks_of(model)
+        seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
+        was_training = model.training
+        model.eval()
+        for bank in banks.values():
+            bank.record_weights = True
+        per_task = {}
+        try:
+            for j, task in enumerate(tasks):
+                texts = [e.input for e in task.test[:n]]
+                sums, counts = {}, {}
+                for batch in context.prompt_batches(j, texts):
+                    inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+                    if seq2seq:
+                        start = model.config.decoder_start_token_id
+                        inputs["decoder_input_ids"] = torch.full_like(batch["input_ids"][:, :1], start)
+                    model(**inputs)
+                    mask = batch["attention_mask"]
+                    for name, bank in banks.items():
+                        dist = bank.mixer.last_distribution.float()
+                        if dist.shape[:-1] == mask.shape:  # token positions of the input: skip padding
+                            m = mask.to(dist.dtype).unsqueeze(-1)
+                            total, count = (dist * m).flatten(0, -2).sum(0), m.sum()
+                        else:  # e.g. a decoder's own positions
+                            total, count = dist.flatten(0, -2).sum(0), dist[..., 0].numel()
+                        sums[name] = sums.get(name, 0) + total
+                        counts[name] = counts.get(name, 0) + float(count)
+                if texts:
+                    per_task[task.name] = {k: [round(v, 6) for v in (sums[k] / counts[k]).tolist()] for k in sums}
+        finally:
+            for bank in banks.values():
+                bank.record_weights = False
+                bank.mixer.last_distribution = None
+                bank.last_weights = None
+            model.train(was_training)
+        num_loras = next(iter(banks.values())).num_loras
+        mean = {name: [round(sum(per_task[t][name][i] for t in per_task) / len(per_task), 6)
+                       for i in range(num_loras + 1)] for name in banks} if per_task else {}
+        return {
+            "description": "mean AM-LoRA selector weight g_i per adapted layer (rows) and LoRA (columns, 0 = the "
+                           "zero LoRA, i = the LoRA trained on task i) on test inputs, padding tokens masked out",
+            "loras": ["zero"] + [t.name for t in tasks[:num_loras]],
+            "samples_per_task": n,
+            "tasks": list(per_task),
+            "mean": mean,
+            "per_task": per_task,
+        }
+
+    def on_run_end(self, model):
+        if self.options.attention_samples == 0 or self.context is None:
+            return
+        from ..io_utils import atomic_write_json
+
+        record = self.record_attention(model)
+        if not record["mean"]:
+            return
+        run_dir = self.context.run_dir
+        atomic_write_json(run_dir / ATTENTION_JSON, record)
+        for projection, rows in group_by_projection(record["mean"]).items():
+            path = run_dir / f"amlora_attention_{projection}_heatmap.png"
+            plot_attention_heatmap(rows, record["loras"], projection, path)
+
+
+def group_by_projection(mean: dict[str, list[float]]) -> dict[str, dict[str, list[float]]]:
+    """{"model.layers.0.self_attn.q_proj": w} -> {"q_proj": {"layers.0.self_attn": w}} (common prefix dropped)."""
+    groups: dict[str, dict[str, list[float]]] = {}
+    for name, weights in mean.items():
+        prefix, _, projection = name.rpartition(".")
+        groups.setdefault(re.sub(r"\W", "_", projection), {})[prefix] = weights
+    for projection, rows in groups.items():
+        groups[projection] = dict(zip(_shortest_distinct(list(rows)), rows.values()))
+    return groups
+
+
+def _shortest_distinct(names: list[str]) -> list[str]:
+    """Dotted names without the parts every name shares at the start and at the end ("model.layers.3.self_attn" ->
+    "3")."""
+    if len(names) < 2:
+        return names
+    parts = [n.split(".") for n in names]
+    shortest = min(len(p) for p in parts)
+    head = next((i for i in range(shortest) if len({p[i] for p in parts}) > 1), shortest)
+    tail = next((i for i in range(shortest - head) if len({p[-1 - i] for p in parts}) > 1), shortest - head)
+    short = [".".join(p[head:len(p) - tail]) for p in parts]
+    return short if all(short) and len(set(short)) == len(short) else names
+
+
+def plot_attention_heatmap(rows: dict[str, list[float]], loras: list[str], projection: str, path) -> None:
+    """Layers x LoRAs heatmap of the mean selector weights, written atomically as PNG."""
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from ..io_utils import atomic_write_bytes
+
+    values = torch.tensor(list(rows.values())).numpy()
+    height = 1.5 + 0.28 * len(rows)
+    figure = Figure(figsize=(2.5 + 0.6 * len(loras), height))
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot(1, 1, 1)
+    image = axes.imshow(values, aspect="auto", cmap="viridis", vmin=0.0, vmax=max(float(values.max()), 1e-6))
+    axes.set_xticks(range(len(loras)), [f"{i}: {name}" for i, name in enumerate(loras)], rotation=45, ha="right",
+                    fontsize=7)
+    axes.set_yticks(range(len(rows)), list(rows), fontsize=6)
+    axes.set_xlabel("LoRA (0 = zero LoRA)")
+    axes.set_ylabel("layer")
+    axes.set_title(f"AM-LoRA mean selector weights: {projection}", fontsize=9)
+    figure.colorbar(image, ax=axes)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    atomic_write_bytes(path, buffer.getvalue())
