@@ -13,7 +13,8 @@ from .errors import ContinualLMError
 
 RUN_OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("benchmark", dict(help="standard | long | superni | demo | custom (see `continual-lm list`)")),
-    ("order", dict(help="task order of the benchmark, e.g. 1 (standard), 4 (long), sapt4 (alias); default: first")),
+    ("order", dict(nargs="+", help="task order of the benchmark, e.g. 1 (standard), 4 (long), sapt4 (alias); "
+                                   "default: the first; several orders run a sweep")),
     ("tasks", dict(nargs="+", help="explicit task sequence (names of the benchmark's tasks), overriding --order")),
     ("stream_file", dict(help="YAML describing a custom stream (with --benchmark custom)")),
     ("data_dir", dict(help="folder holding CL_Benchmark/ and/or SuperNI/ (default: env CONTINUAL_LM_DATA)")),
@@ -81,6 +82,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", help="run directory (default: runs/<benchmark>-<order>-<method>-<model>-s<seed>)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    parser.add_argument("--seeds", nargs="+", type=int, help="run every seed (x every --order) into its own "
+                        "directory under --output-dir; `continual-lm report DIR` then shows mean ± std")
     for name, kwargs in RUN_OPTIONS:
         parser.add_argument(_flag(name), dest=name, default=None, **kwargs)
     for name, kind in LORA_OPTIONS:
@@ -101,6 +104,8 @@ def config_from_args(args: argparse.Namespace):
         data = RunConfig.from_yaml(args.config).to_dict()
     for name, _ in RUN_OPTIONS:
         value = getattr(args, name)
+        if name == "order" and value is not None:
+            value = value[0]  # several orders are a sweep (cmd_run); each child run gets one
         if value is not None:
             data[name] = value
     lora = dict(data.get("lora") or {})
@@ -123,19 +128,54 @@ def config_from_args(args: argparse.Namespace):
 
 # ---- commands ------------------------------------------------------------------------------------------------
 def cmd_run(args) -> int:
+    from .eval.report import comparison_markdown
     from .train.loop import run
 
     if args.resume:
         results = run(config_from_args(args), output_dir=args.resume, resume=True)
-        out = args.resume
-    else:
-        config = config_from_args(args)
+        print(comparison_markdown([results]))
+        print(f"\nrun directory: {args.resume}")
+        return 0
+    config = config_from_args(args)
+    orders = args.order or [config.order]
+    seeds = args.seeds or [config.seed]
+    if len(orders) * len(seeds) == 1:
         results = run(config, output_dir=args.output_dir, overwrite=args.overwrite)
-        out = args.output_dir or config.output_dir
-    from .eval.report import comparison_markdown
+        print(comparison_markdown([results]))
+        print(f"\nrun directory: {args.output_dir or config.output_dir}")
+        return 0
+    return _sweep(config, orders, seeds, args)
 
-    print(comparison_markdown([results]))
-    print(f"\nrun directory: {out}")
+
+def _sweep(config, orders: list, seeds: list[int], args) -> int:
+    """Every (order, seed) into PARENT/order<o>-seed<s>; finished children are reused, interrupted ones resumed."""
+    import dataclasses
+
+    from .eval.aggregate import aggregate_markdown
+    from .eval.report import comparison_markdown
+    from .train.loop import run
+
+    parent = Path(args.output_dir or f"runs/sweep-{config.benchmark}-{config.method}")
+    if args.overwrite and parent.exists():
+        import shutil
+
+        shutil.rmtree(parent)
+    all_results = []
+    for order in orders:
+        for seed in seeds:
+            child = parent / (f"order{order}-seed{seed}" if order is not None else f"seed{seed}")
+            if (child / "results.json").exists():
+                print(f"[sweep] {child}: finished earlier, reused")
+                all_results.append(json.loads((child / "results.json").read_text()))
+                continue
+            resume = (child / "config.yaml").exists()
+            print(f"[sweep] {child}: {'resuming' if resume else 'running'}")
+            child_config = dataclasses.replace(config, order=order, seed=seed, output_dir=str(child))
+            all_results.append(run(child_config, output_dir=child, resume=resume))
+    print(comparison_markdown(all_results))
+    print()
+    print(aggregate_markdown(all_results))
+    print(f"\nsweep directory: {parent} (`continual-lm report {parent}` for the tables and the AP box plot)")
     return 0
 
 
@@ -155,17 +195,24 @@ def _load_results(paths: list[str]) -> list[dict]:
 
 
 def cmd_report(args) -> int:
+    from .eval.aggregate import aggregate_markdown, is_repeated, plot_ap_distribution
     from .eval.report import comparison_markdown, plot_comparison_bars
     from .io_utils import atomic_write_text
 
     results = _load_results(args.runs)
     table = comparison_markdown(results)
+    if is_repeated(results):
+        table += "\n\n" + aggregate_markdown(results)
     print(table)
     if args.output:
         atomic_write_text(args.output, table + "\n")
     if args.plot:
         plot_comparison_bars(results, args.plot)
         print(f"\nbar chart: {args.plot}")
+        if is_repeated(results):
+            box = Path(args.plot).with_name(Path(args.plot).stem + "_ap_box.png")
+            plot_ap_distribution(results, box)
+            print(f"AP across seeds/orders: {box}")
     return 0
 
 

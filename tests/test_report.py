@@ -175,9 +175,11 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):
     def boom(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(report.os, "replace", boom)
+    from continual_lm import io_utils
+
+    monkeypatch.setattr(io_utils.os, "replace", boom)
     with pytest.raises(OSError, match="disk full"):
-        report._atomic_write_bytes(target, b"new")
+        io_utils.atomic_write_bytes(target, b"new")
     assert target.read_text(encoding="utf-8") == "old"
     assert os.listdir(tmp_path) == ["report.md"]
 

@@ -8,53 +8,18 @@ Files are written atomically: a temp file in the same directory, flushed, fsynce
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 from continual_lm.eval.cl_metrics import METRIC_NAMES, cl_metrics
+from continual_lm.io_utils import atomic_write_bytes as _atomic_write_bytes
+from continual_lm.io_utils import atomic_write_text as _atomic_write_text
 
 DASH = "–"  # shown for a missing value (null in results.json)
 MATRIX_PNG = "accuracy_matrix.png"
+TRAJECTORY_PNG = "task_trajectories.png"
 REPORT_MD = "report.md"
 SINGLE_METHOD = "single"  # the single-task reference run: each task ends with its own model
-
-
-# ----------------------------------------------------------------------------------------------- atomic files
-def _atomic_write_bytes(path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a partial one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # make the rename itself durable; not possible on every platform
-        dfd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return path
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)
-    return path
-
-
-def _atomic_write_text(path, text: str) -> Path:
-    return _atomic_write_bytes(path, text.encode("utf-8"))
 
 
 # ------------------------------------------------------------------------------------------------- helpers
@@ -141,7 +106,7 @@ def _figures(run_dir) -> list[str]:
     if run_dir is None:
         return []
     run_dir = Path(run_dir)
-    figs = [MATRIX_PNG] if (run_dir / MATRIX_PNG).is_file() else []
+    figs = [name for name in (MATRIX_PNG, TRAJECTORY_PNG) if (run_dir / name).is_file()]
     figs += sorted(p.name for p in run_dir.glob("*_heatmap.png") if p.is_file() and p.name != MATRIX_PNG)
     return figs
 
@@ -272,6 +237,26 @@ def plot_matrix_heatmap(results: dict, path) -> Path:
     return _save_png(fig, path)
 
 
+def plot_task_trajectories(results: dict, path) -> Path:
+    """One line per task: its score after each training step of the stream (the columns of the matrix)."""
+    tasks = _tasks(results)
+    matrix = results["matrix"]
+    fig = _new_figure(max(5.0, 0.7 * len(tasks) + 3.0), 4.5)
+    ax = fig.add_subplot()
+    for j, name in enumerate(tasks):
+        points = [(i + 1, row[j]) for i, row in enumerate(matrix) if row[j] is not None]
+        if points:
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, marker="o", label=name)
+    ax.set_xticks(range(1, len(tasks) + 1), labels=[f"{i + 1}\n{t}" for i, t in enumerate(tasks)], fontsize=7)
+    ax.set_xlabel("after training task")
+    ax.set_ylabel("score (0..100)")
+    ax.set_ylim(-2, 102)
+    ax.set_title(f"Per-task trajectories: {results.get('method', '?')}")
+    ax.legend(fontsize=7, loc="best")
+    return _save_png(fig, path)
+
+
 def plot_comparison_bars(results_list: Sequence[dict], path) -> Path:
     """A grouped bar chart PNG of AP and BWT per run (a missing value gets no bar and a "–" label)."""
     if not results_list:
@@ -306,4 +291,5 @@ def write_run_report(run_dir, results: dict) -> None:
     each atomically."""
     run_dir = Path(run_dir)
     plot_matrix_heatmap(results, run_dir / MATRIX_PNG)
+    plot_task_trajectories(results, run_dir / TRAJECTORY_PNG)
     _atomic_write_text(run_dir / REPORT_MD, run_report_markdown(results, run_dir=run_dir))
