@@ -40,6 +40,9 @@ RUN_OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("max_grad_norm", dict(type=float)),
     ("eval_all_tasks", dict(action=argparse.BooleanOptionalAction, help="also evaluate tasks not trained yet")),
     ("single_task_from", dict(help="run dir of a `single` run whose scores are the FWT reference")),
+    ("unseen_tasks", dict(nargs="+", help="tasks never trained on, evaluated zero-shot after the stream and on the "
+                                          "base model: NAME (same benchmark) or BENCHMARK:NAME")),
+    ("report_to", dict(help="none (default) | tensorboard | wandb: loss, lr, per-task scores, CL metrics")),
     ("dtype", dict(help="float32 | bfloat16 | float16 weights")),
     ("mixed_precision", dict(help="no | bf16 | fp16 (through accelerate)")),
     ("gradient_checkpointing", dict(action=argparse.BooleanOptionalAction)),

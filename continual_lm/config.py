@@ -61,6 +61,8 @@ class RunConfig:
     # evaluation and references
     eval_all_tasks: bool = False
     single_task_from: str | None = None  # run dir of a `single` run, for FWT
+    unseen_tasks: list[str] | None = None  # evaluated zero-shot after the stream (and on the base model); never trained
+    report_to: str = "none"  # none | tensorboard | wandb (accelerate trackers)
     # engine
     dtype: str = "float32"
     mixed_precision: str = "no"
@@ -123,7 +125,7 @@ class RunConfig:
         if self.weight_decay < 0 or self.max_grad_norm < 0:
             raise ContinualLMError("--weight-decay and --max-grad-norm must be >= 0")
         for name, allowed in (("scheduler", SCHEDULERS), ("mixed_precision", MIXED_PRECISION), ("dtype", DTYPES),
-                              ("keep_checkpoints", ("all", "last"))):
+                              ("keep_checkpoints", ("all", "last")), ("report_to", ("none", "tensorboard", "wandb"))):
             if getattr(self, name) not in allowed:
                 raise ContinualLMError(f"--{name.replace('_', '-')}: {unknown_choice('value', getattr(self, name), allowed)}")
         if not isinstance(self.lora.r, int) or self.lora.r <= 0:

@@ -145,6 +145,8 @@ def run_report_markdown(results: dict, run_dir=None) -> str:
         rows.append(row)
     lines.append(_table(header, rows, 2))
 
+    if results.get("unseen"):
+        lines += ["", "## Unseen tasks", "", unseen_markdown([results])]
     timing = results.get("timing") or {}
     lines += ["", "## Timing", ""]
     train_s, eval_s = timing.get("train_s"), timing.get("eval_s")
@@ -166,6 +168,25 @@ def run_report_markdown(results: dict, run_dir=None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def unseen_markdown(results_list: Sequence[dict]) -> str:
+    """Zero-shot scores on the unseen tasks after the stream, one row per run, and the base model beside them."""
+    with_unseen = [r for r in results_list if r.get("unseen")]
+    if not with_unseen:
+        return ""
+    tasks = list(dict.fromkeys(t for r in with_unseen for t in r["unseen"]["tasks"]))
+
+    def row(label, scores):
+        values = [scores.get(t) for t in tasks]
+        present = [v for v in values if v is not None]
+        return [_cell(label), *(_fmt(v, 2) for v in values), _fmt(sum(present) / len(present) if present else None, 2)]
+
+    labels = _unique_labels(with_unseen)
+    rows = [row(label, r["unseen"]["final"]) for label, r in zip(labels, with_unseen)]
+    rows.append(row("zero-shot base model", with_unseen[0]["unseen"]["base_model"]))
+    return "Unseen tasks (never trained; zero-shot after the stream):\n\n" + _table(
+        ["run", *(_cell(t) for t in tasks), "avg"], rows)
+
+
 def comparison_markdown(results_list: Sequence[dict]) -> str:
     """One table, one row per run: method, AP, F.Ra, FWT, BWT, then the final score of each task (the union of
     the runs' tasks, in first-seen order; "–" where a run lacks a task). Benchmark, order, model and seed get a
@@ -184,7 +205,9 @@ def comparison_markdown(results_list: Sequence[dict]) -> str:
         rows.append([_cell(_label(r)), *(_cell(r.get(k)) for k in varying),
                      *(_fmt(metrics.get(k), 2) for k in METRIC_NAMES),
                      *(_fmt(final.get(t), 2) for t in all_tasks)])
-    return _table(header, rows, 1 + len(varying))
+    table = _table(header, rows, 1 + len(varying))
+    unseen = unseen_markdown(results_list)
+    return f"{table}\n\n{unseen}" if unseen else table
 
 
 # ------------------------------------------------------------------------------------------------ figures

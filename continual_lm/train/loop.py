@@ -8,10 +8,11 @@ uninterrupted run does. Only the main process writes the run directory.
 from __future__ import annotations
 
 import math
+import os
 import platform
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ class Stream:
     tasks: list[Task]
     benchmark: str
     order: str | None
+    unseen: list[Task] = field(default_factory=list)  # evaluated zero-shot only; their train split is dropped
 
 
 def default_output_dir(config: RunConfig) -> Path:
@@ -55,7 +57,25 @@ def load_stream_for(config: RunConfig) -> Stream:
         max_train_per_class=config.max_train_per_class, max_test_per_class=config.max_test_per_class,
         seed=config.seed, task_names=config.tasks,
     )
-    return Stream(tasks, config.benchmark, order)
+    return Stream(tasks, config.benchmark, order, _load_unseen_tasks(config, tasks))
+
+
+def _load_unseen_tasks(config: RunConfig, stream_tasks: list[Task]) -> list[Task]:
+    """--unseen-tasks NAME (a task of the run's benchmark) or BENCHMARK:NAME (any reader), test split only."""
+    from ..data.benchmarks import read_task, subsample
+
+    unseen = []
+    for spec in config.unseen_tasks or []:
+        benchmark, _, name = spec.rpartition(":")
+        task = read_task(benchmark or config.benchmark, config.data_dir, name, stream_file=config.stream_file,
+                         seed=config.seed)
+        if task.name in {t.name for t in stream_tasks}:
+            raise ContinualLMError(f"--unseen-tasks {spec}: {task.name} is part of the training stream; unseen tasks "
+                                   f"must be tasks the run never trains on")
+        task = subsample(task, max_test=config.max_test_per_task, max_test_per_class=config.max_test_per_class,
+                         seed=config.seed)
+        unseen.append(task.with_examples(train=[]))
+    return unseen
 
 
 def _versions() -> dict[str, str]:
@@ -100,10 +120,12 @@ class ContinualRunner:
                                  config.max_target_length, config.prompt_task_name)
         self.lr = config.lr if config.lr is not None else method.default_lr()
         self.touched: set[str] = set()
+        self.global_step = 0
         method.context = RunContext(config, self.tasks, self.collator, accelerator, self.run_dir.path)
         self.consumed_task_indices: list[set[int]] = []  # which tasks' data each trained phase consumed
 
     # ---- state helpers ---------------------------------------------------------------------------------------
+
     def _mark_trainable(self) -> None:
         self.touched |= {n for n, p in self.model.named_parameters() if p.requires_grad}
 
@@ -180,6 +202,9 @@ class ContinualRunner:
                 seen += batch["input_ids"].shape[0] * accelerator.num_processes
                 ema = loss.item() if ema is None else 0.9 * ema + 0.1 * loss.item()
                 if accelerator.sync_gradients:
+                    self.global_step += 1  # the trackers' x axis for training curves
+                    self.log({"train/loss": loss.item(), "train/lr": scheduler.get_last_lr()[0],
+                              "train/phase": phase.row}, step=self.global_step)
                     scheduler.step()
                     bar.update(1)
                     bar.set_postfix(loss=f"{ema:.3f}", samples_s=f"{seen / (time.perf_counter() - start):.1f}")
@@ -189,21 +214,44 @@ class ContinualRunner:
         return time.perf_counter() - start
 
     # ---- evaluation ------------------------------------------------------------------------------------------
-    def evaluate_phase(self, phase: Phase) -> tuple[list[float | None], dict[str, list[str]]]:
+    def evaluate_tasks(self, tasks: list[Task], indices: list[int], label: str) -> tuple[list[float], dict]:
+        """Scores (0..100, rounded to 4 decimals) and predictions of ``tasks`` under the current model."""
         from ..eval.generate import predict_texts
         from ..eval.scores import score
 
-        row: list[float | None] = [None] * len(self.tasks)
-        predictions: dict[str, list[str]] = {}
+        scores, predictions = [], {}
         with self.accelerator.autocast():
-            for j in phase.eval_tasks:
-                task = self.tasks[j]
+            for task, j in zip(tasks, indices):
                 preds = predict_texts(self.model, self.method, self.collator, task, j, [e.input for e in task.test],
                                       self.config.eval_batch_size, self.accelerator, self.config.progress,
-                                      desc=f"eval after {phase.row + 1}: {task.name}")
-                row[j] = round(score(task.metric, preds, [e.refs() for e in task.test]), 4)
+                                      desc=f"eval {label}: {task.name}")
+                scores.append(round(score(task.metric, preds, [e.refs() for e in task.test]), 4))
                 predictions[task.name] = preds
+        return scores, predictions
+
+    def evaluate_phase(self, phase: Phase) -> tuple[list[float | None], dict[str, list[str]]]:
+        row: list[float | None] = [None] * len(self.tasks)
+        scores, predictions = self.evaluate_tasks([self.tasks[j] for j in phase.eval_tasks], list(phase.eval_tasks),
+                                                  f"after {phase.row + 1}")
+        for j, value in zip(phase.eval_tasks, scores):
+            row[j] = value
+        self.log({f"eval/{self.tasks[j].name}": v for j, v in zip(phase.eval_tasks, scores)}, step=phase.row + 1)
         return row, predictions
+
+    def evaluate_unseen(self, state: dict[str, Any], key: str, label: str) -> None:
+        """Zero-shot scores of the unseen tasks, once per key ("unseen_base" before training, "unseen_final")."""
+        if not self.stream.unseen or key in state:
+            return
+        scores, predictions = self.evaluate_tasks(self.stream.unseen, [-1] * len(self.stream.unseen), label)
+        state[key] = {t.name: v for t, v in zip(self.stream.unseen, scores)}
+        if self.is_main:
+            atomic_write_json(self.run_dir.path / "predictions" / f"{key}.json", predictions)
+            self.run_dir.write_state(state)
+        self.accelerator.wait_for_everyone()
+
+    def log(self, values: dict[str, float], step: int) -> None:
+        if self.config.report_to != "none":
+            self.accelerator.log(values, step=step)
 
     # ---- the loop --------------------------------------------------------------------------------------------
     def _start_phase(self, phase: Phase, initial: dict[str, torch.Tensor]) -> None:
@@ -239,6 +287,7 @@ class ContinualRunner:
         state = self.run_dir.read_state()
         phases = method.schedule(len(self.tasks), config.eval_all_tasks)
         initial = self._initial_state()
+        self.evaluate_unseen(state, "unseen_base", "zero-shot base model")
         pending_load: int | None = None
         for phase in phases:
             key = str(phase.row)
@@ -255,25 +304,26 @@ class ContinualRunner:
                 self.load_phase(phase.row)
             else:
                 train_s = self.train_phase(phase)
+                done = {"trained": True, "row": None, "train_s": train_s}
+                state["phases"][key] = done  # every process keeps the state; only the main one writes it
                 if self.is_main:
                     tensors, meta = method.extra_state()
                     self.run_dir.save_checkpoint(phase.row, self.trainable_state(), tensors, meta)
                     if config.keep_checkpoints == "last":
                         self.run_dir.prune_checkpoints(phase.row)
-                    done = {"trained": True, "row": None, "train_s": train_s}
-                    state["phases"][key] = done
                     self.run_dir.write_state(state)
                 self.accelerator.wait_for_everyone()
             start = time.perf_counter()
             row, predictions = self.evaluate_phase(phase)
+            done.update(row=row, eval_s=time.perf_counter() - start)
+            state["phases"][key] = done
             if self.is_main:
-                done.update(row=row, eval_s=time.perf_counter() - start)
-                state["phases"][key] = done
                 atomic_write_json(self.run_dir.path / "predictions" / f"after_phase_{phase.row:02d}.json", predictions)
                 self.run_dir.write_state(state)
             self.accelerator.wait_for_everyone()
         if pending_load is not None:
             self.load_phase(pending_load)
+        self.evaluate_unseen(state, "unseen_final", "unseen after the stream")
         return self.finish(state, phases)
 
     def finish(self, state: dict[str, Any], phases: list[Phase]) -> dict[str, Any]:
@@ -315,6 +365,13 @@ class ContinualRunner:
                       "grad_accum": self.config.grad_accum,
                       "global": self.config.batch_size * self.accelerator.num_processes * self.config.grad_accum},
         }
+        if self.stream.unseen:
+            results["unseen"] = {"tasks": [t.name for t in self.stream.unseen],
+                                 "metric_per_task": {t.name: t.metric for t in self.stream.unseen},
+                                 "final": state["unseen_final"], "base_model": state["unseen_base"]}
+        self.log({f"cl/{k}": v for k, v in metrics.items() if v is not None}, step=len(self.tasks))
+        if self.config.report_to != "none":
+            self.accelerator.end_training()
         if self.is_main:
             from ..eval.report import write_run_report
 
@@ -344,7 +401,12 @@ def build_runner(config: RunConfig, path: Path, *, backbone=None, write_config: 
     from accelerate.utils import set_seed
 
     method = build_method(config)  # validates the method spec and its options before any heavy work
-    accelerator = Accelerator(gradient_accumulation_steps=config.grad_accum, mixed_precision=config.mixed_precision)
+    # Launched as several processes (accelerate launch / torchrun) on a machine without an accelerator: cpu=True makes
+    # accelerate form a gloo process group instead of running independent copies that all write the run directory.
+    cpu_processes = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available()
+    accelerator = Accelerator(gradient_accumulation_steps=config.grad_accum, mixed_precision=config.mixed_precision,
+                              cpu=cpu_processes, log_with=None if config.report_to == "none" else config.report_to,
+                              project_dir=str(path))
     stream = load_stream_for(config)
     config.order = stream.order
     config.output_dir = str(path)
@@ -354,6 +416,9 @@ def build_runner(config: RunConfig, path: Path, *, backbone=None, write_config: 
         path.mkdir(parents=True, exist_ok=True)
         RunDir(path).remove_stale_temporaries()
         atomic_write_yaml(path / "config.yaml", config.to_dict())
+    if config.report_to != "none" and write_config:
+        flat = {k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str, bool))}
+        accelerator.init_trackers("tracking", config=flat)
     set_seed(config.seed)
     if backbone is None:
         from ..models.backbone import load_backbone
