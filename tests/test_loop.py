@@ -107,3 +107,9 @@ def test_corrupted_checkpoint_is_detected_and_named(tmp_path):
 def test_seq2seq_model_runs_end_to_end(tmp_path):
     results = run(tiny_config(tmp_path, method="inclora", model="tiny-random-t5"))
     check_contract(results, len(results["tasks"]))
+
+
+def test_eval_all_tasks_fills_the_upper_triangle(tmp_path):
+    results = run(tiny_config(tmp_path, method="seqlora", eval_all_tasks=True))
+    assert all(v is not None for row in results["matrix"] for v in row)
+    assert results["metrics"] == cl_metrics(results["matrix"])
