@@ -160,7 +160,10 @@ def test_write_run_report(tmp_path):
     assert "![attention_heatmap](attention_heatmap.png)" in md
     assert "notes.png" not in md
     assert "| 73.42 | 13.50 | – | -12.50 |" in md
-    assert sorted(os.listdir(tmp_path)) == ["accuracy_matrix.png", "attention_heatmap.png", "notes.png", "report.md"]
+    assert_png(tmp_path / "task_trajectories.png")
+    assert "![task_trajectories](task_trajectories.png)" in md
+    assert sorted(os.listdir(tmp_path)) == ["accuracy_matrix.png", "attention_heatmap.png", "notes.png", "report.md",
+                                            "task_trajectories.png"]
     # rewriting replaces the files and still leaves no temp files
     r = make_results(metrics={"AP": 1.0, "F.Ra": None, "FWT": None, "BWT": None})
     write_run_report(tmp_path, r)

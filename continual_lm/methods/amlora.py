@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ContinualLMError
@@ -45,15 +46,18 @@ class AttentionSelector(nn.Module):
         weight = torch.empty(self.out_features, device=like.device, dtype=like.dtype).uniform_(-bound, bound)
         self.dense.append(nn.Parameter(weight))
 
-    def distribution(self, bank, xa: torch.Tensor) -> torch.Tensor:
-        """g_0..n [..., n+1] from xa = A_i x per LoRA [..., n, r]."""
-        n = xa.shape[-2]
+    def keys(self, bank) -> torch.Tensor:
+        """scaling * B_i^T W_r,i for i = 1..n, [n, r]: W_r,i^T (dw_i x) = keys_i . (A_i x)."""
+        n = bank.num_loras
         B = torch.cat(list(bank.lora_B), dim=1).view(self.out_features, n, bank.r)  # [out, n, r]
         W = torch.stack(list(self.dense)[1:n + 1])  # [n, out]
-        keys = torch.einsum("onr,no->nr", B, W.to(B.dtype)) * bank.scaling  # scaling * B_i^T W_r,i
-        scores = (xa * keys.to(xa.dtype)).sum(-1)  # [..., n]
-        zero_lora = scores.new_zeros(scores.shape[:-1] + (1,))  # W_r,0^T 0
-        return torch.softmax(torch.cat([zero_lora, scores], dim=-1).float(), dim=-1).to(xa.dtype)
+        return torch.einsum("onr,no->nr", B, W.to(B.dtype)) * bank.scaling
+
+    def distribution(self, bank, xa: torch.Tensor) -> torch.Tensor:
+        """g_0..n [..., n+1] from xa = A_i x per LoRA [..., n, r]."""
+        scores = (xa * self.keys(bank).to(xa.dtype)).sum(-1)  # [..., n]
+        logits = F.pad(scores.float(), (1, 0))  # the zero LoRA's score first: W_r,0^T 0 = 0
+        return torch.softmax(logits, dim=-1).to(xa.dtype)
 
     def forward(self, bank, x: torch.Tensor, xa: torch.Tensor) -> torch.Tensor:
         dist = self.distribution(bank, xa)
@@ -226,6 +230,7 @@ def plot_attention_heatmap(rows: dict[str, list[float]], loras: list[str], proje
     """Layers x LoRAs heatmap of the mean selector weights, written atomically as PNG."""
     import io
 
+    import numpy
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -236,7 +241,12 @@ def plot_attention_heatmap(rows: dict[str, list[float]], loras: list[str], proje
     figure = Figure(figsize=(2.5 + 0.6 * len(loras), height))
     FigureCanvasAgg(figure)
     axes = figure.add_subplot(1, 1, 1)
-    image = axes.imshow(values, aspect="auto", cmap="viridis", vmin=0.0, vmax=max(float(values.max()), 1e-6))
+    low, high = float(values.min()), float(values.max())
+    image = axes.imshow(values, aspect="auto", cmap="viridis", vmin=low, vmax=max(high, low + 1e-6))
+    if values.size <= 120:  # small grids: print the weights in the cells
+        for (row, column), value in numpy.ndenumerate(values):
+            axes.text(column, row, f"{value:.2f}", ha="center", va="center", fontsize=6,
+                      color="white" if value < (low + high) / 2 else "black")
     axes.set_xticks(range(len(loras)), [f"{i}: {name}" for i, name in enumerate(loras)], rotation=45, ha="right",
                     fontsize=7)
     axes.set_yticks(range(len(rows)), list(rows), fontsize=6)
