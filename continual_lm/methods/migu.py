@@ -78,10 +78,10 @@ def select_targets(model: nn.Module, patterns: list[str] | None) -> dict[str, nn
 class MagnitudeStats:
     """Forward hooks that sum, per target module, the L1-normalised output magnitudes over non-padding tokens.
 
-    ``set_batch(batch)`` gives the token masks; ``output[name]`` is the summed distribution over d_out units and,
-    for LoRA banks, ``lora_a[f"{name}#{i}"]`` the one over the r units of A_i x for each LoRA i being trained. Only the ranking
-    matters, so sums are kept (no division by the token count). Hooks run only in training mode unless
-    ``always=True`` (the overlap analysis runs the model in eval mode).
+    ``set_batch(batch)`` gives the token masks; ``output[name]`` is the summed distribution over d_out units
+    and, for LoRA banks, ``lora_a[f"{name}#{i}"]`` the one over the r units of A_i x for each LoRA i being
+    trained. Only the ranking matters, so sums are kept (no division by the token count). Hooks run only in
+    training mode unless ``always=True`` (the overlap analysis runs the model in eval mode).
     """
 
     def __init__(self, model: nn.Module, targets: dict[str, nn.Module], always: bool = False):
@@ -90,7 +90,8 @@ class MagnitudeStats:
         self.lora_a: dict[str, torch.Tensor] = {}
         self.encoder_mask: torch.Tensor | None = None
         self.decoder_mask: torch.Tensor | None = None
-        encoder = model.get_encoder() if getattr(model.config, "is_encoder_decoder", False) else None
+        self.is_seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
+        encoder = model.get_encoder() if self.is_seq2seq else None
         encoder_modules = {id(m) for m in encoder.modules()} if encoder is not None else set()
         self.handles = []
         for name, module in targets.items():
@@ -102,7 +103,7 @@ class MagnitudeStats:
         for seq2seq decoders, the target tokens (labels != -100)."""
         mask, labels = batch.get("attention_mask"), batch.get("labels")
         self.encoder_mask = mask.float() if mask is not None else None
-        self.decoder_mask = (labels != IGNORE_INDEX).float() if labels is not None else None
+        self.decoder_mask = (labels != IGNORE_INDEX).float() if labels is not None and self.is_seq2seq else None
 
     def reset(self) -> None:
         self.output.clear()
@@ -114,7 +115,7 @@ class MagnitudeStats:
         self.handles = []
 
     def _token_weights(self, tokens_shape: torch.Size, reads_encoder: bool, device) -> torch.Tensor:
-        mask = self.encoder_mask if reads_encoder or self.decoder_mask is None else self.decoder_mask
+        mask = self.decoder_mask if self.is_seq2seq and not reads_encoder else self.encoder_mask
         if mask is None or mask.shape != tokens_shape:  # no batch given (or an unexpected layout): every token
             return torch.ones(tokens_shape, device=device)
         return mask.to(device)
@@ -136,8 +137,9 @@ class MagnitudeStats:
                 if isinstance(module, LoRABank):
                     trained = [i for i, A in enumerate(module.lora_A) if A.requires_grad]
                     if trained:  # |A_i x| of the LoRAs being trained, each normalised over its r units
-                        A = torch.cat([module.lora_A[i] for i in trained]) if len(trained) > 1 else module.lora_A[trained[0]]
-                        xa = nn.functional.linear(inputs[0].detach().to(A.dtype), A).unflatten(-1, (len(trained), module.r))
+                        A = torch.cat([module.lora_A[i] for i in trained])
+                        xa = nn.functional.linear(inputs[0].detach().to(A.dtype), A)
+                        xa = xa.unflatten(-1, (len(trained), module.r))
                         for j, i in enumerate(trained):
                             self._add(self.lora_a, f"{name}#{i}", self._normalised_sum(xa[..., j, :], weights))
         return hook
@@ -156,8 +158,9 @@ class MIGUOptions:
     modules: list[str] | None = None  # name suffixes or re:REGEX; None: every linear layer of the blocks
 
     def validate(self) -> None:
-        if isinstance(self.modules, str):
-            self.modules = [m for m in self.modules.split(",") if m]
+        if self.modules is not None:  # "q_proj,v_proj" (one CLI value) or a list
+            items = [self.modules] if isinstance(self.modules, str) else list(self.modules)
+            self.modules = [m for item in items for m in str(item).split(",") if m]
         if self.threshold is not None:
             if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) \
                     or not 0 <= self.threshold < 1:
