@@ -1,4 +1,4 @@
-"""The `continual-lm` command: demo | run | report | list | predict | export | merge | analyze."""
+"""The `continual-lm` command: demo | run | report | list | predict | export | merge | analyze | plan."""
 from __future__ import annotations
 
 import argparse
@@ -43,6 +43,11 @@ RUN_OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("unseen_tasks", dict(nargs="+", help="tasks never trained on, evaluated zero-shot after the stream and on the "
                                           "base model: NAME (same benchmark) or BENCHMARK:NAME")),
     ("report_to", dict(help="none (default) | tensorboard | wandb: loss, lr, per-task scores, CL metrics")),
+    ("general_tasks", dict(nargs="+", help="lm-eval tasks (hellaswag, winogrande, arc_challenge, or local ones from "
+                                           "--general-task-dir) scored on the base model and the final model; "
+                                           "needs pip install 'continual-lm[general]'")),
+    ("general_task_dir", dict(help="folder of lm-eval task YAMLs for --general-tasks")),
+    ("general_limit", dict(type=int, help="examples per --general-tasks task (default: all)")),
     ("dtype", dict(help="float32 | bfloat16 | float16 weights")),
     ("mixed_precision", dict(help="no | bf16 | fp16 (through accelerate)")),
     ("gradient_checkpointing", dict(action=argparse.BooleanOptionalAction)),
@@ -130,22 +135,28 @@ def config_from_args(args: argparse.Namespace):
 
 
 # ---- commands ------------------------------------------------------------------------------------------------
+def _print_main(text: str) -> None:
+    """Print once, from the main process, when launched as several processes (accelerate launch / torchrun)."""
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        print(text)
+
+
 def cmd_run(args) -> int:
     from .eval.report import comparison_markdown
     from .train.loop import run
 
     if args.resume:
         results = run(config_from_args(args), output_dir=args.resume, resume=True)
-        print(comparison_markdown([results]))
-        print(f"\nrun directory: {args.resume}")
+        _print_main(f"{comparison_markdown([results])}\n\nrun directory: {args.resume}")
         return 0
     config = config_from_args(args)
     orders = args.order or [config.order]
     seeds = args.seeds or [config.seed]
     if len(orders) * len(seeds) == 1:
         results = run(config, output_dir=args.output_dir, overwrite=args.overwrite)
-        print(comparison_markdown([results]))
-        print(f"\nrun directory: {args.output_dir or config.output_dir}")
+        _print_main(f"{comparison_markdown([results])}\n\nrun directory: {args.output_dir or config.output_dir}")
         return 0
     return _sweep(config, orders, seeds, args)
 
@@ -335,6 +346,12 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("analysis", help="name of the analysis")
     analyze.add_argument("rest", nargs=argparse.REMAINDER, help="RUN_DIR and the analysis' own options")
     analyze.set_defaults(func=cmd_analyze)
+
+    from .plan import add_plan_arguments, cmd_plan
+
+    plan = sub.add_parser("plan", help="parameter counts and a training-memory estimate, built without weights")
+    add_plan_arguments(plan)
+    plan.set_defaults(func=cmd_plan)
     return parser
 
 

@@ -63,6 +63,9 @@ class RunConfig:
     single_task_from: str | None = None  # run dir of a `single` run, for FWT
     unseen_tasks: list[str] | None = None  # evaluated zero-shot after the stream (and on the base model); never trained
     report_to: str = "none"  # none | tensorboard | wandb (accelerate trackers)
+    general_tasks: list[str] | None = None  # lm-eval tasks scored on the base model before and the final model after
+    general_task_dir: str | None = None  # folder of lm-eval task YAMLs (local tasks) for general_tasks
+    general_limit: int | None = None  # examples per general task (lm-eval's limit); None = all
     # engine
     dtype: str = "float32"
     mixed_precision: str = "no"
@@ -116,7 +119,8 @@ class RunConfig:
 
         for name in ("epochs", "batch_size", "eval_batch_size", "grad_accum", "max_input_length", "max_target_length"):
             positive(name)
-        for name in ("max_train_per_task", "max_test_per_task", "max_train_per_class", "max_test_per_class"):
+        for name in ("max_train_per_task", "max_test_per_task", "max_train_per_class", "max_test_per_class",
+                     "general_limit"):
             positive(name, allow_none=True)
         if self.lr is not None and not (isinstance(self.lr, (int, float)) and self.lr > 0):
             raise ContinualLMError(f"--lr must be a positive number, got {self.lr!r}")

@@ -11,6 +11,7 @@ from ..errors import unknown_choice
 
 ANALYSES: dict[str, str] = {
     "migu-overlap": "continual_lm.analysis.migu_overlap:main",
+    "general": "continual_lm.analysis.general:main",
 }
 
 

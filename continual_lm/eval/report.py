@@ -147,6 +147,10 @@ def run_report_markdown(results: dict, run_dir=None) -> str:
 
     if results.get("unseen"):
         lines += ["", "## Unseen tasks", "", unseen_markdown([results])]
+    if results.get("general"):
+        from .general import general_markdown
+
+        lines += ["", "## General abilities", "", general_markdown(results["general"])]
     timing = results.get("timing") or {}
     lines += ["", "## Timing", ""]
     train_s, eval_s = timing.get("train_s"), timing.get("eval_s")

@@ -23,6 +23,7 @@ from ..config import RunConfig
 from ..data.collate import Collator, Encoded
 from ..data.tasks import Task
 from ..errors import ContinualLMError
+from ..eval.general import measure_run_general
 from ..io_utils import atomic_write_json, atomic_write_yaml
 from ..methods.base import Method, Phase, RunContext, TrainExample, build_method
 from .checkpoint import RunDir
@@ -288,6 +289,7 @@ class ContinualRunner:
         phases = method.schedule(len(self.tasks), config.eval_all_tasks)
         initial = self._initial_state()
         self.evaluate_unseen(state, "unseen_base", "zero-shot base model")
+        measure_run_general(self, state, "before")  # lm-eval general abilities of the base model (general_tasks)
         pending_load: int | None = None
         for phase in phases:
             key = str(phase.row)
@@ -324,6 +326,7 @@ class ContinualRunner:
         if pending_load is not None:
             self.load_phase(pending_load)
         self.evaluate_unseen(state, "unseen_final", "unseen after the stream")
+        measure_run_general(self, state, "after")
         return self.finish(state, phases)
 
     def finish(self, state: dict[str, Any], phases: list[Phase]) -> dict[str, Any]:
@@ -369,6 +372,8 @@ class ContinualRunner:
             results["unseen"] = {"tasks": [t.name for t in self.stream.unseen],
                                  "metric_per_task": {t.name: t.metric for t in self.stream.unseen},
                                  "final": state["unseen_final"], "base_model": state["unseen_base"]}
+        if state.get("general"):
+            results["general"] = state["general"]
         self.log({f"cl/{k}": v for k, v in metrics.items() if v is not None}, step=len(self.tasks))
         if self.config.report_to != "none":
             self.accelerator.end_training()
@@ -407,6 +412,10 @@ def build_runner(config: RunConfig, path: Path, *, backbone=None, write_config: 
     accelerator = Accelerator(gradient_accumulation_steps=config.grad_accum, mixed_precision=config.mixed_precision,
                               cpu=cpu_processes, log_with=None if config.report_to == "none" else config.report_to,
                               project_dir=str(path))
+    if accelerator.distributed_type.name in ("FSDP", "DEEPSPEED"):
+        raise ContinualLMError(f"accelerate {accelerator.distributed_type.name} is not supported by the loop yet: it "
+                               f"grows the model per task and evaluates/saves the unwrapped model, which needs whole "
+                               f"parameters; use DDP (examples/accelerate/ddp_cpu.yaml) - see docs/scaling.md")
     stream = load_stream_for(config)
     config.order = stream.order
     config.output_dir = str(path)
