@@ -17,6 +17,8 @@ METHODS: dict[str, str] = {
     "moelora": "continual_lm.methods.moelora:MoELoRA",
     "amlora": "continual_lm.methods.amlora:AMLoRA",
     "migu": "continual_lm.methods.migu:MIGU",
+    "sapt-lora": "continual_lm.methods.sapt:SAPTLoRA",
+    "sapt-prompt": "continual_lm.methods.sapt:SAPTPrompt",
 }
 
 
