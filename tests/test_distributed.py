@@ -10,6 +10,7 @@ within that noise; it did not happen here, so predictions and the accuracy matri
 """
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -134,8 +135,9 @@ def test_two_processes_match_one_process_with_the_same_global_batch(two_process_
 
 def test_sharded_evaluation_is_gathered_in_input_order(two_process_runs):
     log = two_process_runs[3]
-    lines = [line.split(" ", 3) for line in log.splitlines() if line.startswith("GATHERED")]
-    assert sorted((rank, world) for _, rank, world, _ in lines) == [("0", "2"), ("1", "2")]
+    # the two ranks share one stdout pipe, so a line may start with the other rank's output: search, don't split
+    lines = re.findall(r"GATHERED (\d+) (\d+) (\[.*?\])", log)
+    assert sorted((rank, world) for rank, world, _ in lines) == [("0", "2"), ("1", "2")]
     for *_, preds in lines:  # every rank holds all predictions, in input order
         assert [p.split()[0] for p in json.loads(preds)] == [f"item{i}" for i in range(7)]
 
