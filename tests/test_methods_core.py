@@ -2,7 +2,6 @@
 import pytest
 import torch
 
-from continual_lm.methods.base import build_method
 from continual_lm.methods.registry import split_method_spec
 from continual_lm.errors import ContinualLMError
 from continual_lm.models.backbone import load_backbone

@@ -16,44 +16,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ContinualLMError, unknown_choice
-
-
-def load_final_model(run_dir: str | Path):
-    """Rebuild a run's model as the loop does (setup, then every finished phase's before_task) and load its last
-    checkpoint. Returns the runner (``.model``, ``.method``, ``.tasks``, ``.config``, ``.method.context``)."""
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-
-    from ..config import RunConfig
-    from ..methods.base import build_method
-    from ..models.backbone import load_backbone
-    from ..train.checkpoint import RunDir
-    from ..train.loop import ContinualRunner, load_stream_for
-
-    folder = RunDir(run_dir)
-    if not folder.config_path.exists():
-        raise ContinualLMError(f"{run_dir}: no config.yaml there; expected a run directory")
-    rows = sorted(int(p.name.split("_")[1]) for p in (folder.path / "checkpoints").glob("phase_[0-9]*"))
-    if not rows:
-        raise ContinualLMError(f"{run_dir}: no phase checkpoint under checkpoints/; train the run first")
-    config = RunConfig.from_yaml(folder.config_path)
-    method = build_method(config)
-    stream = load_stream_for(config)
-    backbone = load_backbone(config.model, dtype=config.dtype, trust_remote_code=config.trust_remote_code,
-                             seed=config.seed)
-    accelerator = Accelerator()
-    backbone.model.to(accelerator.device)
-    method.tasks = stream.tasks
-    runner = ContinualRunner(config, folder.path, stream, backbone, method, accelerator)
-    set_seed(config.seed)
-    method.setup(backbone.model, backbone)
-    for phase in method.schedule(len(stream.tasks), config.eval_all_tasks):
-        if phase.row <= rows[-1]:
-            set_seed(runner.phase_seed(config.seed, phase.row))
-            method.before_task(backbone.model, phase.row, stream.tasks[phase.row])
-    runner.load_phase(rows[-1])
-    backbone.model.eval()
-    return runner
+from ..train.loop import load_final_runner
 
 
 def updated_positions(runner, layer: str, task_index: int, samples: int, threshold: float) -> torch.Tensor:
@@ -119,7 +82,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.samples <= 0:
         raise ContinualLMError(f"--samples must be a positive integer, got {args.samples}")
-    runner = load_final_model(args.run_dir)
+    runner = load_final_runner(args.run_dir)
     config = runner.config
     threshold = args.threshold
     if threshold is None:

@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import RunConfig
-from ..data.collate import Collator, Encoded
+from ..data.collate import Collator
 from ..data.tasks import Task
 from ..errors import ContinualLMError
 from ..eval.general import measure_run_general
@@ -284,7 +284,7 @@ class ContinualRunner:
         return trained[-1].row
 
     def run(self) -> dict[str, Any]:
-        config, method, model = self.config, self.method, self.model
+        config, method = self.config, self.method
         state = self.run_dir.read_state()
         phases = method.schedule(len(self.tasks), config.eval_all_tasks)
         initial = self._initial_state()
