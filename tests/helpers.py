@@ -12,3 +12,20 @@ def tiny_config(tmp_path, method="inclora", model="tiny-random-llama", **overrid
     config = RunConfig(**settings)
     config.validate()
     return config
+
+
+def record_after_each_phase(monkeypatch, take=None) -> list:
+    """Record ``take(runner)`` after each phase's training, just before its evaluation (default: a copy of every
+    model parameter). Returns the list the records are appended to."""
+    from continual_lm.train import loop
+
+    take = take or (lambda runner: {n: p.detach().clone() for n, p in runner.model.named_parameters()})
+    records = []
+    original = loop.ContinualRunner.evaluate_phase
+
+    def spy(self, phase):
+        records.append(take(self))
+        return original(self, phase)
+
+    monkeypatch.setattr(loop.ContinualRunner, "evaluate_phase", spy)
+    return records

@@ -8,26 +8,15 @@ from continual_lm.models.backbone import load_backbone
 from continual_lm.models.inject import find_lora_banks
 from continual_lm.train.loop import run
 
-from helpers import tiny_config
+from helpers import record_after_each_phase, tiny_config
 
 
 def _run_with(tmp_path, method, **kw):
     backbone = load_backbone("tiny-random-llama", seed=3)
     base = {n: p.detach().clone() for n, p in backbone.model.named_parameters()}
-    snapshots = []
-    from continual_lm.train import loop
-
-    original = loop.ContinualRunner.evaluate_phase
-
-    def spy(self, phase):  # snapshot every parameter after each phase's training
-        snapshots.append({n: p.detach().clone() for n, p in self.model.named_parameters()})
-        return original(self, phase)
-
-    loop.ContinualRunner.evaluate_phase = spy
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        snapshots = record_after_each_phase(patch)  # every parameter after each phase's training
         results = run(tiny_config(tmp_path, method, **kw), backbone=backbone)
-    finally:
-        loop.ContinualRunner.evaluate_phase = original
     return backbone, base, snapshots, results
 
 

@@ -7,7 +7,7 @@ from continual_lm.models.backbone import load_backbone
 from continual_lm.models.inject import find_lora_banks
 from continual_lm.train import loop
 
-from helpers import tiny_config
+from helpers import record_after_each_phase, tiny_config
 
 TASKS = ["sentiment", "animal_class", "reverse"]
 
@@ -42,14 +42,7 @@ def test_router_weights_sum_to_one_per_token_and_rows_have_stable_names(tmp_path
 
 
 def test_earlier_experts_frozen_new_expert_and_router_train(tmp_path, monkeypatch):
-    snapshots = []
-    original_eval = loop.ContinualRunner.evaluate_phase
-
-    def spy(self, phase):
-        snapshots.append({n: p.detach().clone() for n, p in self.model.named_parameters()})
-        return original_eval(self, phase)
-
-    monkeypatch.setattr(loop.ContinualRunner, "evaluate_phase", spy)
+    snapshots = record_after_each_phase(monkeypatch)
     backbone = load_backbone("tiny-random-llama", seed=3)
     base = {n: p.detach().clone() for n, p in backbone.model.named_parameters()}
     results = loop.run(tiny_config(tmp_path, "moelora", tasks=TASKS), backbone=backbone)

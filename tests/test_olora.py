@@ -10,7 +10,7 @@ from continual_lm.models.lora_bank import LoRABank
 from continual_lm.models.inject import find_lora_banks
 from continual_lm.train import loop
 
-from helpers import tiny_config
+from helpers import record_after_each_phase, tiny_config
 
 TASKS = ["sentiment", "animal_class", "reverse"]
 
@@ -74,14 +74,7 @@ def test_olora_run_freezes_earlier_loras_and_adds_the_loss(tmp_path, monkeypatch
         return loss
 
     monkeypatch.setattr(OLoRA, "extra_loss", recording_extra)
-    snapshots = []
-    original_eval = loop.ContinualRunner.evaluate_phase
-
-    def spy(self, phase):
-        snapshots.append({n: p.detach().clone() for n, p in self.model.named_parameters()})
-        return original_eval(self, phase)
-
-    monkeypatch.setattr(loop.ContinualRunner, "evaluate_phase", spy)
+    snapshots = record_after_each_phase(monkeypatch)
     backbone = load_backbone("tiny-random-llama", seed=3)
     results = loop.run(tiny_config(tmp_path, "olora", tasks=TASKS), backbone=backbone)
     assert all(bank.num_loras == 3 for bank in find_lora_banks(backbone.model).values())
