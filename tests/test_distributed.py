@@ -10,7 +10,6 @@ within that noise; it did not happen here, so predictions and the accuracy matri
 """
 import json
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -94,7 +93,8 @@ collator = Collator(build_byte_tokenizer(with_bos=False), True, 64, 8, False)
 task = Task(name="t", kind="generation", metric="rougeL", instruction="", train=[], test=[])
 inputs = [f"item{i} " + "x" * (7 - i) for i in range(7)]  # uneven: 4 on rank 0, 3 on rank 1; varied lengths
 preds = predict_texts(torch.nn.Linear(1, 1), Echo(), collator, task, 0, inputs, 2, accelerator, progress=False)
-print("GATHERED", accelerator.process_index, accelerator.num_processes, json.dumps(preds), flush=True)
+with open(f"gathered_{accelerator.process_index}.json", "w") as f:  # one file per rank: a shared stdout interleaves
+    json.dump({"world": accelerator.num_processes, "preds": preds}, f)
 '''
 
 
@@ -112,6 +112,7 @@ def two_process_runs(tmp_path_factory):
     process = _launch([str(tmp / "driver.py")], tmp)
     references = {m: _reference(tmp / f"ref_{m.replace('+', '_')}", m, batch_size=8) for m in outputs}
     log, _ = process.communicate(timeout=400)
+    (tmp / "launch.log").write_text(log)
     assert process.returncode == 0, log[-4000:]
     return outputs, references, tmp, log
 
@@ -134,12 +135,11 @@ def test_two_processes_match_one_process_with_the_same_global_batch(two_process_
 
 
 def test_sharded_evaluation_is_gathered_in_input_order(two_process_runs):
-    log = two_process_runs[3]
-    # the two ranks share one stdout pipe, so a line may start with the other rank's output: search, don't split
-    lines = re.findall(r"GATHERED (\d+) (\d+) (\[.*?\])", log)
-    assert sorted((rank, world) for rank, world, _ in lines) == [("0", "2"), ("1", "2")]
-    for *_, preds in lines:  # every rank holds all predictions, in input order
-        assert [p.split()[0] for p in json.loads(preds)] == [f"item{i}" for i in range(7)]
+    tmp = two_process_runs[2]
+    for rank in (0, 1):  # every rank holds all predictions, in input order
+        gathered = json.loads((tmp / f"gathered_{rank}.json").read_text())
+        assert gathered["world"] == 2
+        assert [p.split()[0] for p in gathered["preds"]] == [f"item{i}" for i in range(7)]
 
 
 def _final_weights(out: Path, phases: int) -> dict[str, torch.Tensor]:

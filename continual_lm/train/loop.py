@@ -386,17 +386,31 @@ class ContinualRunner:
         return results
 
 
+def _cpu_processes() -> bool:
+    """Launched as several processes (accelerate launch / torchrun) on a machine without an accelerator."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available()
+
+
 def prepare_run_dir(config: RunConfig, output_dir: str | Path | None, resume: bool, overwrite: bool) -> Path:
+    """Check the run directory on every process before any process writes to it (a barrier between the two), so
+    that all ranks take the same decision; only the main process removes an overwritten directory."""
+    from accelerate import PartialState
+
+    state = PartialState(cpu=_cpu_processes())
     path = Path(output_dir or config.output_dir or default_output_dir(config))
     if resume:
         if not (path / "config.yaml").exists():
             raise ContinualLMError(f"--resume {path}: no config.yaml there; it is not a run directory")
         return path
-    if path.exists() and any(path.iterdir()):
+    occupied = path.exists() and any(path.iterdir())
+    state.wait_for_everyone()
+    if occupied:
         if not overwrite:
             raise ContinualLMError(f"output directory {path} already exists and is not empty; pass --resume {path} "
                                    f"to continue it or --overwrite to replace it")
-        shutil.rmtree(path)
+        if state.is_main_process:
+            shutil.rmtree(path)
+        state.wait_for_everyone()
     return path
 
 
@@ -406,9 +420,9 @@ def build_runner(config: RunConfig, path: Path, *, backbone=None, write_config: 
     from accelerate.utils import set_seed
 
     method = build_method(config)  # validates the method spec and its options before any heavy work
-    # Launched as several processes (accelerate launch / torchrun) on a machine without an accelerator: cpu=True makes
-    # accelerate form a gloo process group instead of running independent copies that all write the run directory.
-    cpu_processes = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available()
+    # Several processes on a machine without an accelerator: cpu=True makes accelerate form a gloo process group
+    # instead of running independent copies that all write the run directory.
+    cpu_processes = _cpu_processes()
     accelerator = Accelerator(gradient_accumulation_steps=config.grad_accum, mixed_precision=config.mixed_precision,
                               cpu=cpu_processes, log_with=None if config.report_to == "none" else config.report_to,
                               project_dir=str(path))
