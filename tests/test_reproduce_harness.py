@@ -1,0 +1,40 @@
+"""bench/reproduce.py on a tiny preset: runs land in one folder per method, finished runs are skipped, a named
+variant runs its method with its options, and RESULTS.md lists every finished run of every invocation."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture()
+def reproduce(monkeypatch):
+    spec = importlib.util.spec_from_file_location("reproduce", ROOT / "bench" / "reproduce.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    tiny = dict(tasks=["sentiment", "number_sign"], max_train_per_task=4, max_test_per_task=2, max_input_length=48,
+                max_target_length=4, epochs=1, batch_size=4, eval_batch_size=4, progress=False)
+    monkeypatch.setitem(module.PRESETS, "tiny", {"model": "tiny-random-llama", "seed": 3, "benchmarks": {"demo": tiny}})
+    monkeypatch.setitem(module.VARIANTS, "olora-strong", ("olora", {"olora": {"lambda1": 2.0}}))
+    return module
+
+
+def test_two_invocations_build_one_table_and_skip_finished_runs(reproduce, tmp_path, capsys):
+    args = ["--preset", "tiny", "--runs-dir", str(tmp_path / "runs"), "--output", str(tmp_path / "RESULTS.md")]
+    assert reproduce.main(args + ["--methods", "single", "seqlora"]) == 0
+    assert reproduce.main(args + ["--methods", "seqlora", "olora-strong"]) == 0
+    assert "demo/seqlora: finished earlier" in capsys.readouterr().out
+    runs = tmp_path / "runs" / "tiny" / "demo"
+    assert sorted(p.name for p in runs.iterdir()) == ["olora-strong", "seqlora", "single"]
+    variant = json.loads((runs / "olora-strong" / "results.json").read_text())
+    assert yaml.safe_load((runs / "olora-strong" / "config.yaml").read_text())["method_options"] == {"olora": {"lambda1": 2.0}}
+    assert variant["method"] == "olora" and variant["metrics"]["FWT"] is not None  # FWT from the single run
+    rows = [line.split(" | ")[0].lstrip("| ") for line in (tmp_path / "RESULTS.md").read_text().splitlines()
+            if line.startswith("| ") and not line.startswith("| method") and not line.startswith("| ---")]
+    assert rows == ["single", "seqlora", "olora-strong"]
+    (tmp_path / "RESULTS.md").unlink()
+    assert reproduce.main(args + ["--table-only"]) == 0
+    assert "| olora-strong |" in (tmp_path / "RESULTS.md").read_text()
