@@ -33,9 +33,9 @@ PRESETS = {
             # 4 tasks; 256 train / 50 test examples per task; about 10 min per method on 2 CPU cores
             "standard": dict(order="1", max_train_per_task=256, max_test_per_task=50, max_input_length=128,
                              max_target_length=8, epochs=1, batch_size=8, eval_batch_size=16),
-            # 15 tasks; 64 train / 10 test examples per task; generation up to 32 new tokens
-            "superni": dict(order="1", max_train_per_task=64, max_test_per_task=10, max_input_length=192,
-                            max_target_length=32, epochs=1, batch_size=8, eval_batch_size=16),
+            # 15 tasks; 48 train / 8 test examples per task; generation up to 24 new tokens
+            "superni": dict(order="1", max_train_per_task=48, max_test_per_task=8, max_input_length=160,
+                            max_target_length=24, epochs=1, batch_size=8, eval_batch_size=16),
         },
     },
 }
