@@ -56,6 +56,9 @@ class LoadedRun:
         the task id reaches the method only if it declares uses_task_id_at_test, as in evaluation)."""
         from .eval.generate import predict_texts
 
+        if self.runner.backbone.is_encoder_only:
+            raise ContinualLMError(f"{self.path}: model {self.config.model!r} is encoder-only (a masked LM trained by "
+                                   f"continual pre-training); it cannot generate predictions")
         by_name = {t.name: k for k, t in enumerate(self.tasks)}
         groups: dict[int | None, list[tuple[int, str]]] = {}
         for position, item in enumerate(inputs):

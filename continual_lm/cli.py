@@ -19,8 +19,8 @@ RUN_OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("stream_file", dict(help="YAML describing a custom stream (with --benchmark custom)")),
     ("data_dir", dict(help="folder holding CL_Benchmark/ and/or SuperNI/ (default: env CONTINUAL_LM_DATA)")),
     ("method", dict(help="method, optionally with plugins: seqlora, inclora, inclora+migu, ... (`continual-lm list`)")),
-    ("model", dict(help="smollm2-135m (default), tiny-random-llama, tiny-random-t5, a local HF folder, a .gguf "
-                        "file, or a hub id")),
+    ("model", dict(help="smollm2-135m (default), tiny-random-llama, tiny-random-t5, tiny-random-bert, a local HF "
+                        "folder, a .gguf file, or a hub id")),
     ("seed", dict(type=int)),
     ("max_train_per_task", dict(type=int, help="seeded subsample of each task's training set")),
     ("max_test_per_task", dict(type=int, help="seeded subsample of each task's test set")),
@@ -29,6 +29,7 @@ RUN_OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("max_input_length", dict(type=int, help="prompt tokens (the example's input text is shortened first)")),
     ("max_target_length", dict(type=int, help="target tokens for training and new tokens for generation")),
     ("prompt_task_name", dict(action=argparse.BooleanOptionalAction, help="put the task name into prompts")),
+    ("mlm_probability", dict(type=float, help="masked LM share of corpus tokens (encoder-only models; default 0.15)")),
     ("epochs", dict(type=int)),
     ("lr", dict(type=float, help="learning rate (default: 1e-3 PET methods, 2e-5 full fine-tuning)")),
     ("batch_size", dict(type=int, help="per-process training batch size")),

@@ -47,6 +47,7 @@ class RunConfig:
     max_input_length: int = 512
     max_target_length: int = 50
     prompt_task_name: bool = False
+    mlm_probability: float = 0.15  # masked LM: share of each corpus block's tokens that are targets (encoder-only)
     # optimisation
     epochs: int = 1
     lr: float | None = None  # None = the method's default (1e-3 for PET methods, 2e-5 for full fine-tuning)
@@ -124,6 +125,9 @@ class RunConfig:
             positive(name, allow_none=True)
         if self.lr is not None and not (isinstance(self.lr, (int, float)) and self.lr > 0):
             raise ContinualLMError(f"--lr must be a positive number, got {self.lr!r}")
+        if isinstance(self.mlm_probability, bool) or not isinstance(self.mlm_probability, (int, float)) \
+                or not 0 < self.mlm_probability < 1:
+            raise ContinualLMError(f"--mlm-probability must be a number in (0, 1), got {self.mlm_probability!r}")
         if not 0 <= self.warmup_ratio < 1:
             raise ContinualLMError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio!r}")
         if self.weight_decay < 0 or self.max_grad_norm < 0:

@@ -5,6 +5,10 @@ Causal LM:  input = prompt + " " + target + eos, loss only on the target tokens 
 Seq2seq:    encoder input = prompt, labels = target + eos.
 Over-long prompts are shortened inside the example's *input* text, so the instruction, the options and the
 final "Answer:"/"Output:" cue survive truncation.
+Corpus blocks (continual pre-training, task.kind == "corpus"): the block's tokens (with the tokenizer's special
+tokens, at most max_input_length); decoders learn every token (causal LM, padding -100), encoder-only models
+learn the tokens ``mask_tokens`` picks per batch (masked LM, ``mlm_probability``, drawn from ``mlm_generator``,
+which the loop re-seeds every phase).
 """
 from __future__ import annotations
 
@@ -12,7 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .tasks import Example, Task
+from .corpus import mask_tokens
+from .tasks import CORPUS, Example, Task
 
 IGNORE_INDEX = -100
 
@@ -26,8 +31,11 @@ class Encoded:
 
 class Collator:
     def __init__(self, tokenizer, is_seq2seq: bool, max_input_length: int, max_target_length: int,
-                 task_name_in_prompt: bool = False):
+                 task_name_in_prompt: bool = False, is_encoder_only: bool = False, mlm_probability: float = 0.15):
         self.tokenizer = tokenizer
+        self.is_encoder_only = is_encoder_only
+        self.mlm_probability = mlm_probability
+        self.mlm_generator = torch.Generator()
         self.is_seq2seq = is_seq2seq
         self.max_input_length = max_input_length
         self.max_target_length = max_target_length
@@ -58,6 +66,9 @@ class Collator:
         return ids + [self.eos_id]
 
     def encode_train(self, task: Task, example: Example, task_index: int) -> Encoded:
+        if task.kind == CORPUS:  # a token block: a decoder learns every token; masked LM labels come in train_batch
+            ids = self.tokenizer(example.input, truncation=True, max_length=self.max_input_length)["input_ids"]
+            return Encoded(ids, None if self.is_encoder_only else list(ids), task_index)
         prompt = self.prompt_ids(task, example.input)
         target = self.target_ids(example.target)
         if self.is_seq2seq:
@@ -78,10 +89,17 @@ class Collator:
 
     def train_batch(self, items: list[Encoded]) -> dict[str, torch.Tensor]:
         inputs = [e.input_ids for e in items]
+        input_ids, attention_mask = self._pad(inputs, self.pad_id, left=False), self._mask(inputs, left=False)
+        if items[0].labels is None:  # masked LM on corpus blocks
+            input_ids, labels = mask_tokens(input_ids, attention_mask, mask_token_id=self.tokenizer.mask_token_id,
+                                            vocab_size=len(self.tokenizer), probability=self.mlm_probability,
+                                            special_ids=self.tokenizer.all_special_ids, generator=self.mlm_generator)
+        else:
+            labels = self._pad([e.labels for e in items], IGNORE_INDEX, left=False)
         return {
-            "input_ids": self._pad(inputs, self.pad_id, left=False),
-            "attention_mask": self._mask(inputs, left=False),
-            "labels": self._pad([e.labels for e in items], IGNORE_INDEX, left=False),
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": labels,
             "task_ids": torch.tensor([e.task_index for e in items], dtype=torch.long),
         }
 

@@ -1,10 +1,12 @@
 """Unlabelled text corpora for continual pre-training (MIGU's DAS setting): token blocks and the LM losses' labels.
 
-Building blocks (docs/continual_pretraining.md says what the loop integration still needs):
+docs/continual_pretraining.md describes the setting; the collator (data/collate.py) applies the labels.
 
 * ``corpus_blocks`` — a corpus (list of documents) tokenised, concatenated and cut into fixed-length blocks,
   as causal/masked LM pre-training does;
 * ``causal_lm_labels`` — labels of the causal LM loss: every real token, padding ignored (-100);
+* ``corpus_block_task`` — a corpus task (documents) turned into one training example per token block (the loop
+  calls it once the tokenizer is known);
 * ``mask_tokens`` — BERT's masked LM corruption: exactly ``round(probability * n)`` of each row's ``n`` maskable
   tokens (not padding, not special tokens; at least one when n > 0) become targets; of those 80 % are replaced by
   the mask token, 10 % by a random token and 10 % kept (Devlin et al., 2019); every other label is -100.
@@ -16,6 +18,7 @@ from collections.abc import Iterable
 import torch
 
 from ..errors import ContinualLMError
+from .tasks import Example, Task
 
 IGNORE = -100
 
@@ -34,6 +37,13 @@ def corpus_blocks(documents: Iterable[str], tokenizer, block_size: int) -> list[
     if len(ids) < block_size:
         return [ids]
     return [ids[k:k + block_size] for k in range(0, len(ids) - block_size + 1, block_size)]
+
+
+def corpus_block_task(task: Task, tokenizer, block_size: int) -> Task:
+    """The corpus task with its documents (``train``) replaced by one example per token block, each block's text
+    decoded so that replay, EWC and checkpoints handle it as any other example (the collator re-encodes it)."""
+    blocks = corpus_blocks([ex.input for ex in task.train], tokenizer, block_size)
+    return task.with_examples(train=[Example(input=tokenizer.decode(block), target="") for block in blocks])
 
 
 def causal_lm_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,7 @@ from typing import Any
 from continual_lm.data.tasks import (
     ACCURACY,
     CLASSIFICATION,
+    CORPUS,
     DEFAULT_TEMPLATE,
     GENERATION,
     ROUGE_L,
@@ -355,6 +356,8 @@ _TASK_KEYS = {
     "name", "train", "test", "file", "test_fraction", "input_field", "output_field", "metric", "instruction",
     "labels", "template",
 }
+_CORPUS_TASK_KEYS = {"name", "corpus", "text_field", "end_task"}
+_END_TASK_KEYS = {"train", "test", "input_field", "output_field", "labels", "epochs", "lr", "batch_size", "train_body"}
 _TEMPLATE_FIELDS = {"instruction", "options", "input"}
 _TASK_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _METRICS = {"accuracy": ACCURACY, "rougel": ROUGE_L}
@@ -434,6 +437,8 @@ def _read_custom_task(yaml_path: Path, index: int, spec: Any) -> Task:
             f"{where}: 'name' must be a string of letters, digits, '_', '-' or '.' starting with a letter or digit, got {name!r}"
         )
     where = f"{yaml_path}: task {name!r}"
+    if "corpus" in spec or "end_task" in spec:
+        return _read_corpus_task(yaml_path, where, name, spec)
     unknown = sorted(set(spec) - _TASK_KEYS)
     if unknown:
         raise ContinualLMError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; allowed keys: {', '.join(sorted(_TASK_KEYS))}")
@@ -526,6 +531,89 @@ def _read_custom_task(yaml_path: Path, index: int, spec: Any) -> Task:
         template=template,
         source=str(yaml_path),
         extra={"train_file": str(train_path), "test_file": str(test_path)},
+    )
+
+
+def _read_corpus_documents(where: str, path: Path, text_field: str) -> list[str]:
+    """A JSON/JSONL file: the ``text_field`` of each record; any other file: one document per non-empty line."""
+    if path.suffix.lower() not in (".json", ".jsonl"):
+        return [line for line in _read_text(path, "corpus file").splitlines() if line.strip()]
+    documents = []
+    for i, rec in enumerate(read_records(path)):
+        text = rec.get(text_field)
+        if not isinstance(text, str):
+            found = "no such field" if text_field not in rec else f"a {_type_name(text)}"
+            raise ContinualLMError(f"{where}: {path}: record {i} field {text_field!r} ({found}); expected a string "
+                                   f"(set 'text_field' to the field that holds the text)")
+        if text.strip():
+            documents.append(text)
+    return documents
+
+
+def _read_corpus_task(yaml_path: Path, where: str, name: str, spec: dict) -> Task:
+    """A continual pre-training task: an unlabelled corpus trained with the LM loss, scored by its end task."""
+    unknown = sorted(set(spec) - _CORPUS_TASK_KEYS)
+    if unknown:
+        raise ContinualLMError(f"{where}: key(s) {', '.join(map(repr, unknown))} do not apply to a corpus task; "
+                               f"allowed keys: {', '.join(sorted(_CORPUS_TASK_KEYS))}")
+    for key in ("corpus", "end_task"):
+        if key not in spec:
+            raise ContinualLMError(f"{where}: a corpus task needs both 'corpus' (a text file) and 'end_task' "
+                                   f"(its labelled train/test files); {key!r} is missing")
+    text_field = spec.get("text_field", "text")
+    if not isinstance(text_field, str) or not text_field:
+        raise ContinualLMError(f"{where}: 'text_field' must be a non-empty string (a field of the corpus records)")
+    corpus_path = _resolve_file(yaml_path, where, "corpus", spec["corpus"])
+    documents = _read_corpus_documents(where, corpus_path, text_field)
+    if not documents:
+        raise ContinualLMError(f"{where}: the corpus {corpus_path} has no text")
+
+    end = spec["end_task"]
+    if not isinstance(end, dict):
+        raise ContinualLMError(f"{where}: 'end_task' must be a mapping with 'train' and 'test' files, "
+                               f"got a {_type_name(end)}")
+    unknown = sorted(set(end) - _END_TASK_KEYS)
+    if unknown:
+        raise ContinualLMError(f"{where}: end_task: unknown key(s) {', '.join(map(repr, unknown))}; allowed keys: "
+                               f"{', '.join(sorted(_END_TASK_KEYS))}")
+    input_field, output_field = end.get("input_field", "input"), end.get("output_field", "output")
+    splits = {}
+    for split in ("train", "test"):
+        if split not in end:
+            raise ContinualLMError(f"{where}: end_task: missing required key {split!r}")
+        path = _resolve_file(yaml_path, f"{where}: end_task", split, end[split])
+        splits[split] = _custom_examples(f"{where}: end_task", path, read_records(path), input_field, output_field)
+        if not splits[split]:
+            raise ContinualLMError(f"{where}: end_task: the {split} split ({path}) has no records")
+    labels = end.get("labels", "auto")
+    if labels == "auto":
+        labels = sorted({ex.target for ex in splits["train"]})
+    elif not isinstance(labels, list) or not labels or any(isinstance(x, bool) or _value_text(x) is None
+                                                             for x in labels):
+        raise ContinualLMError(f"{where}: end_task: 'labels' must be a non-empty list of strings (quote yes/no) or "
+                               f"'auto', got {labels!r}")
+    labels = [_value_text(x) for x in labels]
+    for split, examples in splits.items():
+        bad = next((ex.target for ex in examples if ex.target not in labels), None)
+        if bad is not None:
+            raise ContinualLMError(f"{where}: end_task: a {split} record has label {bad!r}, which is not one of "
+                                   f"the labels: {', '.join(map(repr, labels))}")
+    settings = {key: end[key] for key in ("epochs", "lr", "batch_size", "train_body") if key in end}
+    expected = {"epochs": (int, "a positive integer"), "batch_size": (int, "a positive integer"),
+                "lr": ((int, float), "a positive number"), "train_body": (bool, "true or false")}
+    for key, value in settings.items():
+        kind, what = expected[key]
+        if isinstance(value, bool) != (kind is bool) or not isinstance(value, kind) or (kind is not bool and value <= 0):
+            raise ContinualLMError(f"{where}: end_task: {key!r} must be {what}, got {value!r}")
+    return Task(
+        name=name,
+        kind=CORPUS,
+        metric=ACCURACY,  # the end task's accuracy fills the matrix (its macro-F1 goes to matrix_macro_f1)
+        instruction="",
+        train=[Example(input=text, target="") for text in documents],  # documents; the loop cuts them into blocks
+        test=splits["test"],  # the end task's test set (--max-test-per-task caps it)
+        source=str(yaml_path),
+        extra={"corpus_file": str(corpus_path), "end_task": {"train": splits["train"], "labels": labels, **settings}},
     )
 
 

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field, replace
 
 CLASSIFICATION = "classification"
 GENERATION = "generation"
+CORPUS = "corpus"  # an unlabelled text corpus (continual pre-training), scored by its end task
 ACCURACY = "accuracy"
 ROUGE_L = "rougeL"
 
@@ -28,7 +29,7 @@ class Example:
 @dataclass
 class Task:
     name: str
-    kind: str  # CLASSIFICATION or GENERATION
+    kind: str  # CLASSIFICATION, GENERATION or CORPUS
     metric: str  # ACCURACY or ROUGE_L
     instruction: str
     train: list[Example]

@@ -95,10 +95,11 @@ def _unique_labels(results_list: Sequence[dict]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- markdown
-def matrix_markdown(results: dict) -> str:
-    """The accuracy matrix as a markdown table: rows "after <task>", columns the tasks, 1 decimal, "–" for null."""
+def matrix_markdown(results: dict, key: str = "matrix") -> str:
+    """A score matrix (``results[key]``) as a markdown table: rows "after <task>", columns the tasks, 1 decimal,
+    "–" for null."""
     tasks = _tasks(results)
-    rows = [[_cell(f"after {tasks[i]}")] + [_fmt(v, 1) for v in row] for i, row in enumerate(results["matrix"])]
+    rows = [[_cell(f"after {tasks[i]}")] + [_fmt(v, 1) for v in row] for i, row in enumerate(results[key])]
     return _table(["", *(_cell(t) for t in tasks)], rows)
 
 
@@ -132,6 +133,11 @@ def run_report_markdown(results: dict, run_dir=None) -> str:
 
     lines += ["", "## Accuracy matrix", "", "Row i: after training task i; column j: score on task j.", "",
               matrix_markdown(results)]
+    if results.get("matrix_macro_f1"):  # continual pre-training: the end tasks' macro-F1 beside their accuracy
+        f1_metrics = results.get("metrics_macro_f1") or {}
+        lines += ["", "## End-task macro-F1 matrix", "", "Same layout; corpus tasks' end tasks scored by macro-F1 "
+                  "(docs/continual_pretraining.md).", "", matrix_markdown(results, "matrix_macro_f1"), "",
+                  _table(list(METRIC_NAMES), [[_fmt(f1_metrics.get(k), 2) for k in METRIC_NAMES]], 0)]
 
     lines += ["", "## Final scores", ""]
     per_task = results.get("metric_per_task") or {}

@@ -94,6 +94,7 @@ class AMLoRA(LoRAMethod):
     description = "a new LoRA per task mixed per token by an L1-sparse attentional selector with a zero LoRA"
     Options: ClassVar[type] = AMLoRAOptions
     composable_with = ("migu", "replay", "ewc")
+    supports_corpus_tasks = False  # its selector mixes task LoRAs per instruction (docs/continual_pretraining.md)
 
     current_task = 0
 

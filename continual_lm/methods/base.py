@@ -98,6 +98,9 @@ class Method:
     composable_with: ClassVar[tuple[str, ...]] = ()  # plugins a base method accepts after '+'
     uses_task_id_at_test: ClassVar[bool] = False
     full_finetuning: ClassVar[bool] = False  # decides the default learning rate
+    # Continual pre-training (unlabelled corpus tasks, docs/continual_pretraining.md): False = refused; None = yes
+    # unless the method overrides forward/generate (knowledge outside the model body the end task fine-tunes).
+    supports_corpus_tasks: ClassVar[bool | None] = None
 
     def __init__(self, config: RunConfig, options: Any | None = None):
         self.config = config

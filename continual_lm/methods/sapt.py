@@ -129,6 +129,7 @@ class SAPT(Method):
 
     Options = SAPTOptions
     uses_task_id_at_test = False
+    supports_corpus_tasks = False  # instruction-conditioned selection and pseudo-sample replay need labelled tasks
 
     # ---- structure ---------------------------------------------------------------------------------------------
     def setup(self, model, backbone):

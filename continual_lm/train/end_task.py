@@ -6,7 +6,9 @@ classification head on a domain's labelled end task, and report accuracy and mac
 ``train``/``test`` are (text, label index) pairs. The head reads the mean of the body's last hidden states over
 the non-padding tokens (the body is ``model.base_model``, the encoder of an encoder-decoder); the body trains too
 (``train_body=True``, as DAS fine-tunes RoBERTa) or stays frozen (a linear probe). The model passed in is never
-changed. Scores are on the 0..100 scale.
+changed (its forward hooks, e.g. MIGU's statistics, are not run by the copy; the global RNG is left as it was).
+Scores are on the 0..100 scale. ``corpus_task_scores`` scores a corpus ``Task`` of a stream YAML (the loop calls
+it after every phase for each domain seen so far).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import copy
 import torch
 from torch import nn
 
+from ..data.tasks import Task
 from ..errors import ContinualLMError
 
 
@@ -55,9 +58,28 @@ def end_task_scores(model: nn.Module, tokenizer, train: list[tuple[str, int]], t
     bad = [label for _, label in train + test if not 0 <= label < num_labels]
     if bad:
         raise ContinualLMError(f"end task: label {bad[0]} is outside 0..{num_labels - 1}")
-    torch.manual_seed(seed)
     device = next(model.parameters()).device
-    classifier = SequenceClassifier(copy.deepcopy(model), num_labels).to(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        return _fine_tune_and_score(model, tokenizer, train, test, num_labels, epochs=epochs, lr=lr,
+                                    batch_size=batch_size, max_length=max_length, train_body=train_body, seed=seed)
+
+
+def _without_hooks(model: nn.Module) -> nn.Module:
+    """A deep copy whose modules run no forward/backward hooks: the copied hooks still point at the run's objects
+    (MIGU's magnitude statistics) and would record the end-task fine-tuning there."""
+    copied = copy.deepcopy(model)
+    for module in copied.modules():
+        module._forward_hooks.clear()
+        module._forward_pre_hooks.clear()
+        module._backward_hooks.clear()
+    return copied
+
+
+def _fine_tune_and_score(model, tokenizer, train, test, num_labels, *, epochs, lr, batch_size, max_length,
+                         train_body, seed) -> dict[str, float]:
+    device = next(model.parameters()).device
+    classifier = SequenceClassifier(_without_hooks(model), num_labels).to(device)
     for param in classifier.body.parameters():
         param.requires_grad_(train_body)
 
@@ -87,3 +109,17 @@ def end_task_scores(model: nn.Module, tokenizer, train: list[tuple[str, int]], t
     references = [label for _, label in test]
     accuracy = 100.0 * sum(p == r for p, r in zip(predictions, references)) / len(references)
     return {"accuracy": round(accuracy, 4), "macro_f1": round(macro_f1(predictions, references, num_labels), 4)}
+
+
+def corpus_task_scores(model: nn.Module, tokenizer, task: Task, *, max_length: int, seed: int) -> dict[str, float]:
+    """The end task of a corpus task (``task.extra["end_task"]``: train examples, labels and optional epochs / lr /
+    batch_size / train_body), tested on ``task.test``: {"accuracy", "macro_f1"}."""
+    end = task.extra["end_task"]
+    labels = end["labels"]
+    settings = {key: end[key] for key in ("epochs", "lr", "batch_size", "train_body") if key in end}
+
+    def pairs(examples):
+        return [(ex.input, labels.index(ex.target)) for ex in examples]
+
+    return end_task_scores(model, tokenizer, pairs(end["train"]), pairs(task.test), len(labels),
+                           max_length=max_length, seed=seed, **settings)

@@ -2,6 +2,8 @@
 
 For each phase of the method's schedule (by default: one phase per task, in stream order):
   seed -> before_task -> train (accelerate) -> after_task -> checkpoint -> evaluate -> matrix row.
+Corpus tasks (continual pre-training, docs/continual_pretraining.md) train on token blocks with the LM loss and
+are evaluated by fine-tuning a copy of the model on their end task (accuracy in the matrix, macro-F1 alongside).
 Every phase re-seeds all RNGs from (seed, row), so a run resumed from a phase checkpoint repeats exactly what an
 uninterrupted run does. Only the main process writes the run directory.
 """
@@ -21,12 +23,13 @@ from tqdm.auto import tqdm
 
 from ..config import RunConfig
 from ..data.collate import Collator
-from ..data.tasks import Task
+from ..data.tasks import CORPUS, Task
 from ..errors import ContinualLMError
 from ..eval.general import measure_run_general
 from ..io_utils import atomic_write_json, atomic_write_yaml
 from ..methods.base import Method, Phase, RunContext, TrainExample, build_method
 from .checkpoint import RunDir
+from .corpus_stream import check_corpus_method, corpus_tasks_in_blocks
 
 
 @dataclass
@@ -118,7 +121,8 @@ class ContinualRunner:
         self.accelerator = accelerator
         self.is_main = accelerator.is_main_process
         self.collator = Collator(backbone.tokenizer, backbone.is_seq2seq, config.max_input_length,
-                                 config.max_target_length, config.prompt_task_name)
+                                 config.max_target_length, config.prompt_task_name,
+                                 is_encoder_only=backbone.is_encoder_only, mlm_probability=config.mlm_probability)
         self.lr = config.lr if config.lr is not None else method.default_lr()
         self.touched: set[str] = set()
         self.global_step = 0
@@ -170,6 +174,7 @@ class ContinualRunner:
             raise ContinualLMError(f"method {method.name}: nothing to train in phase {phase.row}")
         optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=config.weight_decay)
         generator = torch.Generator().manual_seed(self.phase_seed(config.seed, phase.row))
+        self.collator.mlm_generator.manual_seed(self.phase_seed(config.seed, phase.row))  # masked LM positions
         loader = DataLoader(features, batch_size=config.batch_size, shuffle=True, generator=generator,
                             collate_fn=self.collator.train_batch)
         distributed = accelerator.distributed_type != DistributedType.NO
@@ -219,10 +224,17 @@ class ContinualRunner:
         """Scores (0..100, rounded to 4 decimals) and predictions of ``tasks`` under the current model."""
         from ..eval.generate import predict_texts
         from ..eval.scores import score
+        from .end_task import corpus_task_scores
 
         scores, predictions = [], {}
         with self.accelerator.autocast():
             for task, j in zip(tasks, indices):
+                if task.kind == CORPUS:  # its end task: accuracy into the matrix, both scores as its "predictions"
+                    predictions[task.name] = corpus_task_scores(self.model, self.backbone.tokenizer, task,
+                                                                max_length=self.config.max_input_length,
+                                                                seed=self.config.seed)
+                    scores.append(predictions[task.name]["accuracy"])
+                    continue
                 preds = predict_texts(self.model, self.method, self.collator, task, j, [e.input for e in task.test],
                                       self.config.eval_batch_size, self.accelerator, self.config.progress,
                                       desc=f"eval {label}: {task.name}")
@@ -238,6 +250,14 @@ class ContinualRunner:
             row[j] = value
         self.log({f"eval/{self.tasks[j].name}": v for j, v in zip(phase.eval_tasks, scores)}, step=phase.row + 1)
         return row, predictions
+
+    def macro_f1_row(self, predictions: dict) -> list[float | None] | None:
+        """The end tasks' macro-F1 of one evaluation (a row of results.json["matrix_macro_f1"]); None without
+        corpus tasks."""
+        if not any(t.kind == CORPUS for t in self.tasks):
+            return None
+        return [predictions[t.name]["macro_f1"] if t.kind == CORPUS and t.name in predictions else None
+                for t in self.tasks]
 
     def evaluate_unseen(self, state: dict[str, Any], key: str, label: str) -> None:
         """Zero-shot scores of the unseen tasks, once per key ("unseen_base" before training, "unseen_final")."""
@@ -318,6 +338,9 @@ class ContinualRunner:
             start = time.perf_counter()
             row, predictions = self.evaluate_phase(phase)
             done.update(row=row, eval_s=time.perf_counter() - start)
+            f1_row = self.macro_f1_row(predictions)
+            if f1_row is not None:
+                done["row_macro_f1"] = f1_row
             state["phases"][key] = done
             if self.is_main:
                 atomic_write_json(self.run_dir.path / "predictions" / f"after_phase_{phase.row:02d}.json", predictions)
@@ -368,6 +391,12 @@ class ContinualRunner:
                       "grad_accum": self.config.grad_accum,
                       "global": self.config.batch_size * self.accelerator.num_processes * self.config.grad_accum},
         }
+        if any(t.kind == CORPUS for t in self.tasks):  # continual pre-training: the end tasks' macro-F1 too
+            f1 = [[None] * T for _ in range(T)]
+            for phase in phases:
+                f1[phase.row] = state["phases"][str(phase.row)].get("row_macro_f1") or [None] * T
+            results["matrix_macro_f1"] = f1
+            results["metrics_macro_f1"] = cl_metrics(f1, final_row=[f1[j][j] for j in range(T)] if own_single else None)
         if self.stream.unseen:
             results["unseen"] = {"tasks": [t.name for t in self.stream.unseen],
                                  "metric_per_task": {t.name: t.metric for t in self.stream.unseen},
@@ -431,6 +460,7 @@ def build_runner(config: RunConfig, path: Path, *, backbone=None, write_config: 
                                f"grows the model per task and evaluates/saves the unwrapped model, which needs whole "
                                f"parameters; use DDP (examples/accelerate/ddp_cpu.yaml) - see docs/scaling.md")
     stream = load_stream_for(config)
+    check_corpus_method(method, stream.tasks)
     config.order = stream.order
     config.output_dir = str(path)
     if config.lr is None:
@@ -449,6 +479,7 @@ def build_runner(config: RunConfig, path: Path, *, backbone=None, write_config: 
         backbone = load_backbone(config.model, dtype=config.dtype, trust_remote_code=config.trust_remote_code,
                                  seed=config.seed)
     backbone.model.to(accelerator.device)
+    stream.tasks = corpus_tasks_in_blocks(stream, backbone, config)
     method.tasks = stream.tasks
     runner = ContinualRunner(config, path, stream, backbone, method, accelerator)  # sets method.context
     method.setup(backbone.model, backbone)
