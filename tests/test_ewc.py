@@ -115,7 +115,7 @@ def test_ewc_is_a_plugin_with_checked_options(tmp_path):
         split_method_spec("ewc")
     with pytest.raises(ContinualLMError, match="inclora cannot be combined with ewc"):
         split_method_spec("inclora+ewc")
-    with pytest.raises(ContinualLMError, match="--ewc-fisher-samples: expected a positive integer"):
+    with pytest.raises(ContinualLMError, match="--ewc-fisher-samples: expected an integer >= 1"):
         build_method(tiny_config(tmp_path, "seqlora+ewc", method_options={"ewc": {"fisher_samples": 0}}))
-    with pytest.raises(ContinualLMError, match="--ewc-lam: expected a non-negative number"):
+    with pytest.raises(ContinualLMError, match="--ewc-lam: expected a number >= 0"):
         build_method(tiny_config(tmp_path, "seqlora+ewc", method_options={"ewc": {"lam": -1.0}}))

@@ -57,7 +57,7 @@ def test_lambdas_per_task_and_their_errors(tmp_path):
     assert method.options.for_task("lambda2", 2, 3) == 0.25
     with pytest.raises(ContinualLMError, match="--olora-lambda1: got 3 values, expected one per task \\(5\\)"):
         method.options.for_task("lambda1", 0, 5)
-    with pytest.raises(ContinualLMError, match="--olora-lambda2: expected a non-negative number"):
+    with pytest.raises(ContinualLMError, match="--olora-lambda2: expected a number >= 0"):
         build_method(tiny_config(tmp_path, "olora", method_options={"olora": {"lambda2": -1.0}}))
 
 

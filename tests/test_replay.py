@@ -45,7 +45,7 @@ def test_memory_size_options_and_errors(tmp_path):
     assert ReplayOptions(count=50).memory_size(8) == 8  # never more than the task has
     with pytest.raises(ContinualLMError, match="--replay-fraction: expected a number in \\(0, 1\\]"):
         build_method(tiny_config(tmp_path, "seqlora+replay", method_options={"replay": {"fraction": 0.0}}))
-    with pytest.raises(ContinualLMError, match="--replay-count: expected a positive integer"):
+    with pytest.raises(ContinualLMError, match="--replay-count: expected an integer >= 1 or None"):
         build_method(tiny_config(tmp_path, "seqlora+replay", method_options={"replay": {"count": 0}}))
     for spec in ("seqft+replay", "inclora+replay", "olora+replay", "moelora+replay"):
         assert split_method_spec(spec)[-1] == "replay"

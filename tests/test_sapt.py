@@ -42,7 +42,7 @@ def prompt_batch(sapt, texts, task_index=0):
 
 
 def test_options_are_checked():
-    with pytest.raises(ContinualLMError, match="--sapt-\\*-arm must be one of kl, none, replay"):
+    with pytest.raises(ContinualLMError, match="--sapt-\\*-arm: expected one of kl, none, replay"):
         build_method(tiny_config(Path("/tmp"), method="sapt-lora", method_options={"sapt-lora": {"arm": "x"}}))
     assert SAPTLoRA.uses_task_id_at_test is False and SAPTPrompt.uses_task_id_at_test is False
 

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ContinualLMError
+from .option_checks import check_choice, check_fields
 from .base import LoRAMethod
 
 L1_PRESETS: dict[str, float] = {
@@ -74,19 +75,9 @@ class AMLoRAOptions:
     attention_samples: int = 32  # test inputs per task whose mean selector weights are recorded at the end; 0 = off
 
     def validate(self) -> None:
-        if self.mode not in MODES:
-            raise ContinualLMError(f"--amlora-mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if self.preset not in L1_PRESETS:
-            raise ContinualLMError(f"--amlora-preset must be one of {', '.join(L1_PRESETS)}, got {self.preset!r} "
-                                   f"(or give the values directly with --amlora-l1)")
-        values = self.l1 if isinstance(self.l1, list) else [self.l1]
-        if self.l1 is not None and (not values or any(
-                isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or not math.isfinite(v) for v in values)):
-            raise ContinualLMError(f"--amlora-l1 expects one non-negative number or one per task, got {self.l1!r}")
-        if isinstance(self.attention_samples, bool) or not isinstance(self.attention_samples, int) \
-                or self.attention_samples < 0:
-            raise ContinualLMError(f"--amlora-attention-samples must be a non-negative integer, "
-                                   f"got {self.attention_samples!r}")
+        check_choice("amlora", self, "mode", MODES)
+        check_choice("amlora", self, "preset", L1_PRESETS)
+        check_fields("amlora", self, l1="per task: a number >= 0 or None", attention_samples="an integer >= 0")
 
 
 class AMLoRA(LoRAMethod):

@@ -15,13 +15,12 @@ Training a later task adds  lam / 2 * sum_k F_k (theta_k - theta*_k)^2. F and th
 """
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass
 
 import torch
 
-from ..errors import ContinualLMError
+from .option_checks import check_fields
 from .base import Method, TrainExample
 
 
@@ -32,12 +31,7 @@ class EWCOptions:
     gamma: float = 1.0  # decay of the earlier tasks' Fisher in the online accumulation
 
     def validate(self):
-        if not (isinstance(self.lam, (int, float)) and math.isfinite(self.lam) and self.lam >= 0):
-            raise ContinualLMError(f"--ewc-lam: expected a non-negative number, got {self.lam!r}")
-        if not isinstance(self.fisher_samples, int) or self.fisher_samples < 1:
-            raise ContinualLMError(f"--ewc-fisher-samples: expected a positive integer, got {self.fisher_samples!r}")
-        if not (isinstance(self.gamma, (int, float)) and 0 <= self.gamma <= 1):
-            raise ContinualLMError(f"--ewc-gamma: expected a number in [0, 1], got {self.gamma!r}")
+        check_fields("ewc", self, lam="a number >= 0", fisher_samples="an integer >= 1", gamma="a number in [0, 1]")
 
 
 class EWC(Method):

@@ -25,6 +25,7 @@ from torch import nn
 from ..errors import ContinualLMError
 from ..models.inject import _matches, find_lora_banks
 from ..models.lora_bank import LoRABank
+from .option_checks import check_fields
 from .base import Method
 
 IGNORE_INDEX = -100
@@ -161,10 +162,7 @@ class MIGUOptions:
         if self.modules is not None:  # "q_proj,v_proj" (one CLI value) or a list
             items = [self.modules] if isinstance(self.modules, str) else list(self.modules)
             self.modules = [m for item in items for m in str(item).split(",") if m]
-        if self.threshold is not None:
-            if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) \
-                    or not 0 <= self.threshold < 1:
-                raise ContinualLMError(f"--migu-threshold must be a number in [0, 1), got {self.threshold!r}")
+        check_fields("migu", self, threshold="a number in [0, 1) or None")
 
 
 def _zero_rows(param: nn.Parameter | None, rows: torch.Tensor) -> None:

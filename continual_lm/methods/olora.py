@@ -11,12 +11,12 @@ lambda1/lambda2 are a float, or one float per task of the stream. See docs/metho
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
 from ..errors import ContinualLMError
+from .option_checks import check_fields
 from .base import LoRAMethod
 
 
@@ -43,11 +43,7 @@ class OLoRAOptions:
     lambda2: float | list[float] = 0.0  # weight of the new LoRA's norm; a list gives one value per task
 
     def validate(self):
-        for name in ("lambda1", "lambda2"):
-            value = getattr(self, name)
-            values = value if isinstance(value, list) else [value]
-            if not values or not all(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0 for v in values):
-                raise ContinualLMError(f"--olora-{name}: expected a non-negative number or one per task, got {value!r}")
+        check_fields("olora", self, lambda1="per task: a number >= 0", lambda2="per task: a number >= 0")
 
     def for_task(self, name: str, task_index: int, num_tasks: int) -> float:
         value = getattr(self, name)

@@ -7,12 +7,11 @@ same samples. Use as ``seqlora+replay``, ``seqft+replay``, ``inclora+replay``, `
 """
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass
 
 from ..data.tasks import Example
-from ..errors import ContinualLMError
+from .option_checks import check_fields
 from .base import Method, TrainExample
 
 
@@ -22,10 +21,7 @@ class ReplayOptions:
     count: int | None = None  # a fixed number of samples per task instead of the fraction
 
     def validate(self):
-        if not (isinstance(self.fraction, (int, float)) and math.isfinite(self.fraction) and 0 < self.fraction <= 1):
-            raise ContinualLMError(f"--replay-fraction: expected a number in (0, 1], got {self.fraction!r}")
-        if self.count is not None and (not isinstance(self.count, int) or self.count < 1):
-            raise ContinualLMError(f"--replay-count: expected a positive integer, got {self.count!r}")
+        check_fields("replay", self, fraction="a number in (0, 1]", count="an integer >= 1 or None")
 
     def memory_size(self, task_size: int) -> int:
         wanted = self.count if self.count is not None else max(1, round(self.fraction * task_size))

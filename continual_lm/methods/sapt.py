@@ -25,8 +25,8 @@ from torch import nn
 
 from ..data.collate import IGNORE_INDEX, Encoded
 from ..data.tasks import Example
-from ..errors import ContinualLMError
 from ..models.prompt_bank import PromptBank, prompt_forward, prompt_generate
+from .option_checks import check_choice, check_fields
 from .base import LoRAMethod, Method, TrainExample
 
 ARM_MODES = ("kl", "none", "replay")
@@ -47,20 +47,11 @@ class SAPTOptions:
     generator_max_tokens: int = 64  # longest generated pseudo input (tokens)
 
     def validate(self) -> None:
-        if self.arm not in ARM_MODES:
-            raise ContinualLMError(f"--sapt-*-arm must be one of {', '.join(ARM_MODES)}, got {self.arm!r}")
-        checks = {"eta": self.eta >= 0, "query_hidden": self.query_hidden > 0,
-                  "temperature": self.temperature is None or self.temperature > 0,
-                  "pseudo_fraction": 0 <= self.pseudo_fraction <= 1,
-                  "pseudo_count": self.pseudo_count is None or self.pseudo_count >= 1,
-                  "attention_holdout": self.attention_holdout >= 0,
-                  "generator_epochs": self.generator_epochs is None or self.generator_epochs >= 1,
-                  "generator_max_tokens": self.generator_max_tokens >= 1}
-        for name, ok in checks.items():
-            if not ok:
-                expected = "between 0 and 1" if name == "pseudo_fraction" else "a positive number"
-                raise ContinualLMError(f"--sapt-*-{name.replace('_', '-')}: expected {expected}, "
-                                       f"got {getattr(self, name)!r}")
+        check_choice("sapt-*", self, "arm", ARM_MODES)
+        check_fields("sapt-*", self, eta="a number >= 0", query_hidden="an integer >= 1",
+                     temperature="a number > 0 or None", pseudo_fraction="a number in [0, 1]",
+                     pseudo_count="an integer >= 1 or None", attention_holdout="an integer >= 0",
+                     generator_epochs="an integer >= 1 or None", generator_max_tokens="an integer >= 1")
 
 
 @dataclass
@@ -69,8 +60,7 @@ class SAPTPromptOptions(SAPTOptions):
 
     def validate(self) -> None:
         super().validate()
-        if self.prompt_length < 1:
-            raise ContinualLMError(f"--sapt-prompt-prompt-length: expected a positive number, got {self.prompt_length}")
+        check_fields("sapt-prompt", self, prompt_length="an integer >= 1")
 
 
 class SharedAttention(nn.Module):
