@@ -98,6 +98,7 @@ class Method:
     composable_with: ClassVar[tuple[str, ...]] = ()  # plugins a base method accepts after '+'
     uses_task_id_at_test: ClassVar[bool] = False
     full_finetuning: ClassVar[bool] = False  # decides the default learning rate
+    soft_prompt_tuning: ClassVar[bool] = False  # trains only soft prompts: a larger default learning rate
     # Continual pre-training (unlabelled corpus tasks, docs/continual_pretraining.md): False = refused; None = yes
     # unless the method overrides forward/generate (knowledge outside the model body the end task fine-tunes).
     supports_corpus_tasks: ClassVar[bool | None] = None
@@ -159,7 +160,11 @@ class Method:
         pass
 
     def default_lr(self) -> float:
-        return 2e-5 if self.full_finetuning else 1e-3
+        """2e-5 for full fine-tuning, 3e-2 for soft prompts (peft's prompt-tuning examples with AdamW; the prompt
+        papers use 0.03-0.5), 1e-3 for LoRA-style PET (O-LoRA's T5 scripts)."""
+        if self.full_finetuning:
+            return 2e-5
+        return 3e-2 if self.soft_prompt_tuning else 1e-3
 
 
 def build_options(options_cls: type, method_name: str, method_options: dict[str, dict[str, Any]]):

@@ -111,6 +111,7 @@ def mean_pooled(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 class EPI(Method):
     name = "epi"
+    soft_prompt_tuning = True
     description = "a prompt per task, chosen at test time by Mahalanobis distance of frozen-backbone features"
     Options = EPIOptions
     uses_task_id_at_test = False

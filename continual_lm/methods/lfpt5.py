@@ -57,6 +57,7 @@ class LFPT5Options:
 
 class LFPT5(Method):
     name = "lfpt5"
+    soft_prompt_tuning = True
     description = "one soft prompt trained to solve tasks and to generate pseudo samples of earlier tasks (+KL)"
     Options = LFPT5Options
     uses_task_id_at_test = False

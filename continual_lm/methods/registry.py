@@ -19,6 +19,10 @@ METHODS: dict[str, str] = {
     "migu": "continual_lm.methods.migu:MIGU",
     "sapt-lora": "continual_lm.methods.sapt:SAPTLoRA",
     "sapt-prompt": "continual_lm.methods.sapt:SAPTPrompt",
+    "lfpt5": "continual_lm.methods.lfpt5:LFPT5",
+    "epi": "continual_lm.methods.epi:EPI",
+    "l2p": "continual_lm.methods.l2p:L2P",
+    "progprompt": "continual_lm.methods.progprompt:ProgPrompt",
 }
 
 
