@@ -4,8 +4,8 @@
 
 Each method is set up through its own class exactly as the loop does (setup, then before_task/after_task for the
 earlier tasks of a demo stream, then before_task of the last one), on its own copy of the backbone, and timed on
-the same batches in one process with interleaved repetitions (medians). Peak memory is the peak RSS of a separate
-process per variant (setup + 3 training steps + one generation), since RSS peaks cannot be told apart inside one
+the same batches in one process with interleaved repetitions (medians). Peak memory is the peak RSS (VmHWM) of a
+separate process per variant (setup + 3 training steps + one generation), since RSS peaks cannot be told apart inside one
 process. Writes bench/SPEED.md and bench/speed.json.
 """
 from __future__ import annotations
@@ -38,9 +38,10 @@ PEER = "peft-lora"
 
 def default_methods() -> list[str]:
     sys.path.insert(0, str(HERE))
-    from reproduce import default_methods as methods  # the harness' list: every registered method
+    from reproduce import VARIANTS, default_methods  # the harness' list: every registered method
 
-    return [m for m in methods() if m not in ("single", "mtl")]  # references train like seqlora
+    # references train like seqlora; named variants (other options of a listed method) cost what their method costs
+    return [m for m in default_methods() if m not in ("single", "mtl") and m not in VARIANTS]
 
 
 class Variant:
@@ -65,6 +66,7 @@ class Variant:
             self.method = build_method(config)  # only its plain forward/generate are used
         else:
             self.method = build_method(config)
+            config.lr = self.method.default_lr()  # as the loop resolves it (SAPT's generator reads it)
             self.method.tasks = tasks
             self.method.context = RunContext(config, tasks, collator, Accelerator(cpu=True), Path("/tmp"))
             self.method.setup(self.model, backbone)
@@ -73,6 +75,9 @@ class Variant:
                 if i < len(tasks) - 1:
                     examples = [TrainExample(i, ex) for ex in task.train[:8]]
                     self.method.after_task(self.model, i, task, examples)
+        for module in self.model.modules():  # no early stop: every variant decodes exactly the same number of tokens
+            if getattr(module, "generation_config", None) is not None:
+                module.generation_config.eos_token_id = None
         self.model.train()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=1e-4)
@@ -126,7 +131,18 @@ def memory_child(args) -> None:
     for _ in range(3):
         variant.train_step(train)
     variant.eval_throughput(prompts)
-    print(round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
+    print(round(peak_rss_mib(), 1))
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory. VmHWM belongs to the address space, which execve replaces, whereas
+    getrusage's ru_maxrss survives execve on Linux and would report the parent's peak (the fork before exec)."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main() -> int:
@@ -179,7 +195,9 @@ def main() -> int:
     lines = ["# Speed and memory per method (`python bench/speed.py`)", "",
              f"Model {args.model}, {args.tasks} tasks learned (measured on the last), batch {args.batch} x "
              f"{args.seq_len} tokens, {args.reps} interleaved repetitions (medians), {info['threads']} threads, "
-             f"load average at start {info['load_avg_at_start']}.", "",
+             f"load average at start {info['load_avg_at_start']}. Evaluation = greedy generation of exactly 8 new "
+             f"tokens per prompt (EOS disabled, so no variant stops early); peak RSS = VmHWM of a fresh process doing "
+             f"the method's setup, 3 training steps and one generation.", "",
              f"**seqlora / peft LoRA training step: {info['peer_ratio_seqlora_over_peft']}x** (target <= 1.05x)", "",
              "| method | train step (s) | vs seqlora | eval (samples/s) | vs seqlora | peak RSS (MiB) | vs seqlora |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
