@@ -177,7 +177,7 @@ def test_lfpt5_generation_format_and_parsing(tmp_path, model):
     assert all(isinstance(t, str) for t in lfpt5.sample_generations(model_, 0, 3))
     lfpt5.sample_generations = lambda m, j, n: [f"a lovely hat {ANSWER_MARKER} positive", "no answer here",
                                                 f" {ANSWER_MARKER} negative", f"dull tea {ANSWER_MARKER} blue"][:n]
-    lfpt5.answer = lambda m, j, inputs: [f"solver:{x}" for x in inputs]
+    lfpt5.greedy_answers = lambda m, j, inputs: [f"solver:{x}" for x in inputs]
     assert lfpt5.generate_pseudo_samples(model_, 0, 2) == [
         {"input": "a lovely hat", "output": "positive"}, {"input": "no answer here", "output": "solver:no answer here"}]
     lfpt5.options.relabel_invalid = False  # the reference: invalid samples are dropped

@@ -10,12 +10,13 @@ Writes RUN_DIR/migu_overlap_heatmap.png (shown by the run report) and a JSON wit
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
 
 from ..errors import ContinualLMError, unknown_choice
+from ..eval.report import plot_fraction_heatmap
+from ..io_utils import atomic_write_json
 from ..train.loop import load_final_runner
 
 
@@ -42,30 +43,6 @@ def updated_positions(runner, layer: str, task_index: int, samples: int, thresho
 
 def overlap_matrix(positions: list[torch.Tensor]) -> list[list[float]]:
     return [[round(float((a & b).sum() / a.sum().clamp_min(1)), 4) for b in positions] for a in positions]
-
-
-def save_heatmap(matrix: list[list[float]], names: list[str], title: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    size = max(4.0, 0.5 * len(names) + 2)
-    fig, ax = plt.subplots(figsize=(size + 1, size))
-    image = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis")
-    ax.set_xticks(range(len(names)), names, rotation=60, ha="right")
-    ax.set_yticks(range(len(names)), names)
-    if len(names) <= 16:
-        for i, row in enumerate(matrix):
-            for j, value in enumerate(row):
-                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
-                        color="black" if value > 0.6 else "white")
-    fig.colorbar(image, ax=ax, label="overlap of updated positions")
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def main(argv: list[str]) -> int:
@@ -100,10 +77,12 @@ def main(argv: list[str]) -> int:
     names = [t.name for t in runner.tasks]
     output = Path(args.output) if args.output else Path(args.run_dir) / "migu_overlap_heatmap.png"
     title = f"{config.method} on {config.model}\nupdated-position overlap, {layer}, T={threshold:g}"
-    save_heatmap(matrix, names, title, output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    plot_fraction_heatmap(matrix, output, rows=names, columns=names, xlabel="task", ylabel="task", title=title,
+                          colorbar_label="overlap of updated positions")
     record = {"run_dir": str(args.run_dir), "method": config.method, "model": config.model, "layer": layer,
               "threshold": threshold, "samples_per_task": args.samples, "units": int(positions[0].numel()),
               "tasks": names, "overlap": matrix}
-    output.with_suffix(".json").write_text(json.dumps(record, indent=1))
+    atomic_write_json(output.with_suffix(".json"), record)
     print(f"wrote {output} and {output.with_suffix('.json')}")
     return 0

@@ -236,6 +236,27 @@ def _save_png(fig, path) -> Path:
     return _atomic_write_bytes(path, buf.getvalue())
 
 
+def plot_fraction_heatmap(matrix: Sequence[Sequence[float]], path, *, rows: Sequence[str], columns: Sequence[str],
+                          xlabel: str, ylabel: str, title: str, colorbar_label: str | None = None) -> Path:
+    """A PNG heatmap of values in 0..1 (attention weights, selection frequencies, overlaps, confusion rates), cells
+    annotated when there are at most 16 columns. The one plot behind the methods' ``*_heatmap.png`` insights."""
+    fig = _new_figure(max(4.0, 0.55 * len(columns) + 2.5), max(3.0, 0.5 * len(rows) + 1.8))
+    ax = fig.add_subplot()
+    image = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(columns)), labels=list(columns), rotation=45, ha="right")
+    ax.set_yticks(range(len(rows)), labels=list(rows))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if len(columns) <= 16:
+        for i, row in enumerate(matrix):
+            for j, value in enumerate(row):
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if value < 0.5 else "black")
+    fig.colorbar(image, ax=ax, fraction=0.046, label=colorbar_label)
+    ax.set_title(title, fontsize=9)
+    return _save_png(fig, path)
+
+
 def plot_matrix_heatmap(results: dict, path) -> Path:
     """A PNG heatmap of the accuracy matrix (cells annotated, null cells grey, task names on the axes)."""
     import numpy as np

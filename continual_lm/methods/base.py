@@ -148,6 +148,19 @@ class Method:
             max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
         )
 
+    @torch.no_grad()
+    def greedy_answers(self, model: nn.Module, task_index: int, inputs: list[str]) -> list[str]:
+        """What evaluation would predict for raw inputs of a task (its prompt batches through ``generate``), e.g. to
+        label generated pseudo samples."""
+        collator = self.context.collator
+        answers = []
+        for batch in self.context.prompt_batches(task_index, inputs):
+            output = self.generate(model, batch, collator.max_new_tokens(self.tasks[task_index]))
+            if not getattr(model.config, "is_encoder_decoder", False):
+                output = output[:, batch["input_ids"].shape[1]:]
+            answers += [t.strip() for t in collator.tokenizer.batch_decode(output, skip_special_tokens=True)]
+        return answers
+
     def on_run_end(self, model: nn.Module) -> None:
         pass
 

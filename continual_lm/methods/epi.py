@@ -16,11 +16,12 @@ See docs/methods/epi.md.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import torch
 
+from ..eval.report import plot_fraction_heatmap
+from ..io_utils import atomic_write_json
 from ..models.prompt_bank import PromptBank, prompt_forward, prompt_generate
 from .option_checks import check_fields
 from .base import Method
@@ -189,16 +190,15 @@ class EPI(Method):
     def on_run_end(self, model):
         if self.context is None or self.context.run_dir is None or not self.selector.num_tasks:
             return
-        from .sapt import save_heatmap
-
         was_training = model.training
         model.eval()
         result = self.task_identification(model)
         model.train(was_training)
         path = self.context.run_dir
-        (path / TASK_ID_JSON).write_text(json.dumps(result, indent=1))
-        save_heatmap(result["confusion"], result["tasks"], path / "epi_task_identification_heatmap.png",
-                     f"EPI task identification on the test inputs (accuracy {result['accuracy']:.1f}%)")
+        atomic_write_json(path / TASK_ID_JSON, result)
+        plot_fraction_heatmap(result["confusion"], path / "epi_task_identification_heatmap.png", rows=result["tasks"],
+                              columns=result["tasks"], xlabel="chosen task (prompt)", ylabel="test inputs of task",
+                              title=f"EPI task identification on the test inputs (accuracy {result['accuracy']:.1f}%)")
 
     # ---- state -------------------------------------------------------------------------------------------------
     def extra_state(self):

@@ -18,7 +18,6 @@ No task id is used at train or test time (the same selection runs in ``generate`
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +26,8 @@ from torch import nn
 
 from ..data.collate import IGNORE_INDEX
 from ..errors import ContinualLMError
+from ..eval.report import plot_fraction_heatmap
+from ..io_utils import atomic_write_json
 from ..models.prompt_bank import PromptBank, prompt_forward, prompt_generate
 from .option_checks import check_choice, check_fields
 from .base import Method
@@ -151,30 +152,11 @@ class L2P(Method):
         model.train(was_training)
         names = [t.name for t in self.tasks]
         path = self.context.run_dir
-        (path / SELECTION_JSON).write_text(json.dumps({"tasks": names, "frequency": matrix}, indent=1))
-        save_selection_heatmap(matrix, names, path / "l2p_selection_heatmap.png", self.options.top_k)
+        atomic_write_json(path / SELECTION_JSON, {"tasks": names, "frequency": matrix})
+        plot_fraction_heatmap(matrix, path / "l2p_selection_heatmap.png", rows=names,
+                              columns=[str(i + 1) for i in range(len(matrix[0]) if matrix else 0)],
+                              xlabel="pool prompt", ylabel="test inputs of task",
+                              title=f"L2P prompt selection after the last task (fraction of inputs with the prompt "
+                                    f"in their top-{self.options.top_k})")
 
 
-def save_selection_heatmap(matrix: list[list[float]], names: list[str], path, top_k: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    pool = len(matrix[0]) if matrix else 0
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.5 * pool + 2), max(3.0, 0.5 * len(names) + 1.5)))
-    image = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis", aspect="auto")
-    ax.set_xticks(range(pool), [str(i + 1) for i in range(pool)])
-    ax.set_yticks(range(len(names)), names)
-    ax.set_xlabel("pool prompt")
-    ax.set_ylabel("test inputs of task")
-    for i, row in enumerate(matrix):
-        for j, value in enumerate(row):
-            ax.text(j, i, f"{value:.2f}", ha="center", va="center", color="white" if value < 0.5 else "black",
-                    fontsize=7)
-    ax.set_title(f"L2P prompt selection after the last task (fraction of inputs with the prompt in their top-{top_k})",
-                 fontsize=8)
-    fig.colorbar(image, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

@@ -198,22 +198,10 @@ class LFPT5(Method):
                 break
         unlabelled = [k for k, sample in enumerate(kept) if sample["output"] is None]
         if unlabelled:
-            answers = self.answer(model, task_index, [kept[k]["input"] for k in unlabelled])
+            answers = self.greedy_answers(model, task_index, [kept[k]["input"] for k in unlabelled])
             for k, answer in zip(unlabelled, answers):
                 kept[k]["output"] = answer
         return [sample for sample in kept if sample["output"]]
-
-    @torch.no_grad()
-    def answer(self, model, task_index: int, inputs: list[str]) -> list[str]:
-        """The solver's greedy answers (what evaluation would predict) for pseudo inputs of a task."""
-        collator = self.context.collator
-        answers = []
-        for batch in self.context.prompt_batches(task_index, inputs):
-            output = self.generate(model, batch, collator.max_new_tokens(self.tasks[task_index]))
-            if not self.is_seq2seq:
-                output = output[:, batch["input_ids"].shape[1]:]
-            answers += [t.strip() for t in collator.tokenizer.batch_decode(output, skip_special_tokens=True)]
-        return answers
 
     # ---- state -------------------------------------------------------------------------------------------------
     def extra_state(self):

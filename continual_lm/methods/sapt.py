@@ -15,7 +15,6 @@ ARM   after task t: a temporary generator block (own LoRA / prompt) learns to wr
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 
@@ -25,6 +24,8 @@ from torch import nn
 
 from ..data.collate import IGNORE_INDEX, Encoded
 from ..data.tasks import Example
+from ..eval.report import plot_fraction_heatmap
+from ..io_utils import atomic_write_json
 from ..models.prompt_bank import PromptBank, prompt_forward, prompt_generate
 from .option_checks import check_choice, check_fields
 from .base import LoRAMethod, Method, TrainExample
@@ -217,7 +218,8 @@ class SAPT(Method):
         self.train_attention[task_index] = self.mean_attention_on(task_index, used)
         if self.options.arm != "none" and task_index + 1 < len(self.tasks):
             inputs = self.generate_pseudo_inputs(model, task_index, train)
-            outputs = self.answer(model, task_index, inputs) if self.options.arm == "replay" else [""] * len(inputs)
+            replayed = self.options.arm == "replay"
+            outputs = self.greedy_answers(model, task_index, inputs) if replayed else [""] * len(inputs)
             self.pseudo[task_index] = [{"input": i, "output": o} for i, o in zip(inputs, outputs)]
         model.train(was_training)
 
@@ -280,18 +282,6 @@ class SAPT(Method):
         weights[:, -1] = 1.0
         return weights
 
-    @torch.no_grad()
-    def answer(self, model, task_index: int, inputs: list[str]) -> list[str]:
-        """Answers to pseudo inputs from the model right after their task (targets of ``--sapt-*-arm replay``)."""
-        collator = self.context.collator
-        answers = []
-        for batch in self.context.prompt_batches(task_index, inputs):
-            output = self.generate(model, batch, collator.max_new_tokens(self.tasks[task_index]))
-            if not self.is_seq2seq:
-                output = output[:, batch["input_ids"].shape[1]:]
-            answers += [t.strip() for t in collator.tokenizer.batch_decode(output, skip_special_tokens=True)]
-        return answers
-
     # ---- insight: attention heatmaps (paper Figure 3) ----------------------------------------------------------
     def on_run_end(self, model):
         if self.context is None or self.context.run_dir is None:
@@ -305,10 +295,12 @@ class SAPT(Method):
         train = [self.train_attention.get(j, []) + [0.0] * (T - len(self.train_attention.get(j, []))) for j in range(T)]
         names = [t.name for t in self.tasks[:T]]
         path = self.context.run_dir
-        (path / HEATMAP_JSON).write_text(json.dumps({"tasks": names, "train": train, "test": test}, indent=1))
+        atomic_write_json(path / HEATMAP_JSON, {"tasks": names, "train": train, "test": test})
         for label, matrix in (("train", train), ("test", test)):
-            save_heatmap(matrix, names, path / f"sapt_attention_{label}_heatmap.png",
-                         f"SAPT shared attention ({label} time: mean over each task's {label} inputs)")
+            plot_fraction_heatmap(matrix, path / f"sapt_attention_{label}_heatmap.png", rows=names,
+                                  columns=[f"block {i + 1}" for i in range(len(names))],
+                                  xlabel="PET block (one per task, in stream order)", ylabel="inputs of task",
+                                  title=f"SAPT shared attention ({label} time: mean over each task's {label} inputs)")
 
     # ---- state -------------------------------------------------------------------------------------------------
     def extra_state(self):
@@ -346,30 +338,6 @@ class SAPT(Method):
 
     def generate_with(self, model, input_ids, attention_mask, weights, **generate_kwargs) -> torch.Tensor:
         raise NotImplementedError
-
-
-def save_heatmap(matrix: list[list[float]], names: list[str], path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    size = max(3.0, 0.6 * len(names) + 2)
-    fig, ax = plt.subplots(figsize=(size + 1, size))
-    image = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis")
-    ax.set_xticks(range(len(names)), [f"block {i + 1}" for i in range(len(names))], rotation=45, ha="right")
-    ax.set_yticks(range(len(names)), names)
-    ax.set_xlabel("PET block (one per task, in stream order)")
-    ax.set_ylabel("inputs of task")
-    for i, row in enumerate(matrix):
-        for j, value in enumerate(row):
-            ax.text(j, i, f"{value:.2f}", ha="center", va="center", color="white" if value < 0.5 else "black",
-                    fontsize=7)
-    ax.set_title(title, fontsize=9)
-    fig.colorbar(image, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 class SAPTLoRA(SAPT, LoRAMethod):
