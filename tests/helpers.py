@@ -29,3 +29,29 @@ def record_after_each_phase(monkeypatch, take=None) -> list:
 
     monkeypatch.setattr(loop.ContinualRunner, "evaluate_phase", spy)
     return records
+
+
+class Crash(Exception):
+    """Raised by a test to simulate a run killed at a chosen point."""
+
+
+def run_crashed_in_first_evaluation_then_resumed(monkeypatch, config_at, where) -> dict:
+    """Run ``config_at(where)`` killed in its first evaluation (phase 0 trained and checkpointed, so the resumed run
+    loads phase 0's state and trains phase 1 itself), then ``--resume`` it; return the resumed results.
+    ``config_at(path)`` builds a fresh config writing to ``path / "run"``."""
+    import pytest
+
+    from continual_lm.train import loop
+
+    original = loop.ContinualRunner.evaluate_phase
+
+    def crashing(self, phase):
+        if phase.row == 0:
+            raise Crash()
+        return original(self, phase)
+
+    monkeypatch.setattr(loop.ContinualRunner, "evaluate_phase", crashing)
+    with pytest.raises(Crash):
+        loop.run(config_at(where))
+    monkeypatch.undo()
+    return loop.run(config_at(where), output_dir=where / "run", resume=True)

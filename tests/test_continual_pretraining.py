@@ -16,11 +16,10 @@ from continual_lm.data.tasks import CORPUS, Example, Task
 from continual_lm.errors import ContinualLMError
 from continual_lm.eval.cl_metrics import cl_metrics
 from continual_lm.models.backbone import default_lora_targets, is_encoder_only, load_backbone
-from continual_lm.train import loop
 from continual_lm.train.end_task import end_task_scores, macro_f1
 from continual_lm.train.loop import run
 
-from helpers import tiny_config
+from helpers import run_crashed_in_first_evaluation_then_resumed, tiny_config
 from test_loop import check_contract
 
 MASK, PAD, CLS = 4, 0, 1
@@ -225,10 +224,6 @@ def check_corpus_results(results, T):
     assert results["metrics_macro_f1"] == cl_metrics(f1)
 
 
-class Crash(Exception):
-    pass
-
-
 @pytest.mark.parametrize("model, method", [("tiny-random-llama", "inclora+migu"),
                                            ("tiny-random-bert", "seqlora+replay")])
 def test_continual_pretraining_run_writes_valid_results_and_resumes_to_the_same(tmp_path, monkeypatch, model, method):
@@ -248,18 +243,8 @@ def test_continual_pretraining_run_writes_valid_results_and_resumes_to_the_same(
     assert predictions["restaurant"] == {"accuracy": reference["matrix"][1][0],
                                          "macro_f1": reference["matrix_macro_f1"][1][0]}
 
-    original_eval = loop.ContinualRunner.evaluate_phase
-
-    def crash_in_first_evaluation(self, phase):  # phase 0 is checkpointed: the resumed run trains phase 1 itself
-        if phase.row == 0:
-            raise Crash()
-        return original_eval(self, phase)
-
-    monkeypatch.setattr(loop.ContinualRunner, "evaluate_phase", crash_in_first_evaluation)
-    with pytest.raises(Crash):
-        run(corpus_config(tmp_path / "b", stream, model, method))
-    monkeypatch.undo()
-    resumed = run(corpus_config(tmp_path / "b", stream, model, method), output_dir=tmp_path / "b" / "run", resume=True)
+    resumed = run_crashed_in_first_evaluation_then_resumed(
+        monkeypatch, lambda where: corpus_config(where, stream, model, method), tmp_path / "b")
     for key in ("matrix", "matrix_macro_f1", "metrics", "metrics_macro_f1"):
         assert resumed[key] == reference[key]
     from safetensors.torch import load_file

@@ -15,10 +15,9 @@ from continual_lm.methods import l2p as l2p_module
 from continual_lm.methods import progprompt as progprompt_module
 from continual_lm.methods.base import RunContext, TrainExample, build_method
 from continual_lm.models.backbone import load_backbone
-from continual_lm.train import loop
 from continual_lm.train.loop import load_stream_for, run
 
-from helpers import tiny_config
+from helpers import run_crashed_in_first_evaluation_then_resumed, tiny_config
 
 TWO_TASKS = ["sentiment", "reverse"]
 TEXTS = ["a great film", "the cat sat on the mat"]
@@ -165,10 +164,6 @@ def test_progprompt_input_grows_per_task_newest_prompt_first_and_only_it_trains(
 
 
 # ---- end to end through the loop, with resume ---------------------------------------------------------------------
-class Crash(Exception):
-    pass
-
-
 def _config(tmp_path, method, model, options):
     return tiny_config(tmp_path, method=method, model=model, tasks=TWO_TASKS, method_options={method: options})
 
@@ -214,18 +209,8 @@ def test_end_to_end_frozen_state_and_resume(tmp_path, monkeypatch, method, model
         assert len(selection["frequency"]) == 2 and all(abs(sum(r) - 2) < 1e-6 for r in selection["frequency"])
         assert "l2p_selection_heatmap.png" in (out / "report.md").read_text()
 
-    original_eval = loop.ContinualRunner.evaluate_phase
-
-    def crashing_eval(self, phase):  # killed after task 1 was trained and checkpointed: resume loads its state
-        if phase.row == 0:
-            raise Crash()
-        return original_eval(self, phase)
-
-    monkeypatch.setattr(loop.ContinualRunner, "evaluate_phase", crashing_eval)
-    with pytest.raises(Crash):
-        run(_config(tmp_path / "b", method, model, options))
-    monkeypatch.undo()
-    resumed = run(_config(tmp_path / "b", method, model, options), output_dir=tmp_path / "b" / "run", resume=True)
+    resumed = run_crashed_in_first_evaluation_then_resumed(
+        monkeypatch, lambda where: _config(where, method, model, options), tmp_path / "b")
     assert resumed["matrix"] == reference["matrix"] and resumed["metrics"] == reference["metrics"]
     predictions = "predictions/after_phase_01.json"
     assert (tmp_path / "b" / "run" / predictions).read_text() == (out / predictions).read_text()

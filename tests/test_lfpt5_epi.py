@@ -18,7 +18,7 @@ from continual_lm.models.backbone import load_backbone
 from continual_lm.train import loop
 from continual_lm.train.loop import load_stream_for, run
 
-from helpers import tiny_config
+from helpers import run_crashed_in_first_evaluation_then_resumed, tiny_config
 
 TWO_TASKS = ["sentiment", "animal_class"]
 
@@ -69,27 +69,8 @@ def test_mahalanobis_selector_picks_the_planted_task_where_euclidean_fails():
     assert selector.means[-1].shape == (1, 6) and selector.select(torch.full((1, 6), 100.0)).item() == 3
 
 
-def _crash_after_first_phase(monkeypatch):
-    original = loop.ContinualRunner.evaluate_phase
-
-    def crashing(self, phase):
-        if phase.row == 0:
-            raise Crash()
-        return original(self, phase)
-
-    monkeypatch.setattr(loop.ContinualRunner, "evaluate_phase", crashing)
-
-
-class Crash(Exception):
-    pass
-
-
 def _resume_matches(tmp_path, monkeypatch, make_config, reference):
-    _crash_after_first_phase(monkeypatch)
-    with pytest.raises(Crash):
-        run(make_config(tmp_path / "b"))
-    monkeypatch.undo()
-    resumed = run(make_config(tmp_path / "b"), output_dir=tmp_path / "b" / "run", resume=True)
+    resumed = run_crashed_in_first_evaluation_then_resumed(monkeypatch, make_config, tmp_path / "b")
     assert resumed["matrix"] == reference["matrix"] and resumed["metrics"] == reference["metrics"]
     return tmp_path / "b" / "run"
 

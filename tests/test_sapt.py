@@ -13,10 +13,9 @@ from continual_lm.errors import ContinualLMError
 from continual_lm.methods.base import RunContext, TrainExample, build_method
 from continual_lm.methods.sapt import GEN_MARKER, SAPTLoRA, SAPTPrompt
 from continual_lm.models.backbone import load_backbone
-from continual_lm.train import loop
 from continual_lm.train.loop import load_stream_for, run
 
-from helpers import tiny_config
+from helpers import run_crashed_in_first_evaluation_then_resumed, tiny_config
 
 TWO_TASKS = ["sentiment", "reverse"]
 
@@ -149,10 +148,6 @@ def test_generator_writes_non_empty_pseudo_inputs_from_the_gen_marker(tmp_path, 
         assert after[name].requires_grad == flag and torch.equal(after[name].detach(), value)
 
 
-class Crash(Exception):
-    pass
-
-
 def _sapt_config(tmp_path, method, model, arm):
     return tiny_config(tmp_path, method=method, model=model, tasks=TWO_TASKS, max_train_per_task=8,
                        method_options={method: {"arm": arm, "pseudo_count": 2, "generator_max_tokens": 6}})
@@ -186,18 +181,8 @@ def test_end_to_end_frozen_blocks_heatmaps_and_resume(tmp_path, monkeypatch, met
         assert (out / f"sapt_attention_{label}_heatmap.png").stat().st_size > 0
         assert f"sapt_attention_{label}_heatmap.png" in (out / "report.md").read_text()
 
-    original_eval = loop.ContinualRunner.evaluate_phase
-
-    def crashing_eval(self, phase):  # killed after task 1 was trained and checkpointed: resume loads its state
-        if phase.row == 0:
-            raise Crash()
-        return original_eval(self, phase)
-
-    monkeypatch.setattr(loop.ContinualRunner, "evaluate_phase", crashing_eval)
-    with pytest.raises(Crash):
-        run(_sapt_config(tmp_path / "b", method, model, arm))
-    monkeypatch.undo()
-    resumed = run(_sapt_config(tmp_path / "b", method, model, arm), output_dir=tmp_path / "b" / "run", resume=True)
+    resumed = run_crashed_in_first_evaluation_then_resumed(
+        monkeypatch, lambda where: _sapt_config(where, method, model, arm), tmp_path / "b")
     assert resumed["matrix"] == reference["matrix"] and resumed["metrics"] == reference["metrics"]
     assert json.loads((tmp_path / "b" / "run" / "sapt_attention.json").read_text()) == heat
     resumed_second = load_file(tmp_path / "b" / "run" / "checkpoints" / "phase_01" / "trainable.safetensors")
