@@ -55,3 +55,30 @@ def run_crashed_in_first_evaluation_then_resumed(monkeypatch, config_at, where) 
         loop.run(config_at(where))
     monkeypatch.undo()
     return loop.run(config_at(where), output_dir=where / "run", resume=True)
+
+
+def set_up_method(tmp_path, method: str, tasks: list[str], model="tiny-random-llama", before_tasks=0,
+                  max_input_length=64, options=None):
+    """A method set up on a tiny backbone with a minimal run context (no loop), ``before_task`` run for its first
+    ``before_tasks`` tasks; returns (method, backbone)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from continual_lm.data.collate import Collator
+    from continual_lm.methods.base import RunContext, build_method
+    from continual_lm.models.backbone import load_backbone
+    from continual_lm.train.loop import load_stream_for
+
+    config = tiny_config(tmp_path, method=method, model=model, tasks=tasks,
+                         method_options={method: options} if options else {})
+    torch.manual_seed(0)
+    backbone = load_backbone(model, seed=0)
+    built = build_method(config)
+    built.tasks = load_stream_for(config).tasks
+    collator = Collator(backbone.tokenizer, backbone.is_seq2seq, max_input_length, 6)
+    built.context = RunContext(config, built.tasks, collator, SimpleNamespace(device=torch.device("cpu")), tmp_path)
+    built.setup(backbone.model, backbone)
+    for i in range(before_tasks):
+        built.before_task(backbone.model, i, built.tasks[i])
+    return built, backbone

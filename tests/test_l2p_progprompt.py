@@ -2,40 +2,27 @@
 end on a tiny causal and seq2seq model, resume after a crash."""
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from continual_lm.data.collate import Collator
 from continual_lm.data.tasks import Example
 from continual_lm.errors import ContinualLMError
 from continual_lm.methods import l2p as l2p_module
 from continual_lm.methods import progprompt as progprompt_module
-from continual_lm.methods.base import RunContext, TrainExample, build_method
+from continual_lm.methods.base import TrainExample, build_method
 from continual_lm.models.backbone import load_backbone
-from continual_lm.train.loop import load_stream_for, run
+from continual_lm.train.loop import run
 
-from helpers import run_crashed_in_first_evaluation_then_resumed, tiny_config
+from helpers import run_crashed_in_first_evaluation_then_resumed, tiny_config, set_up_method
 
 TWO_TASKS = ["sentiment", "reverse"]
 TEXTS = ["a great film", "the cat sat on the mat"]
 
 
 def built(tmp_path, method, model="tiny-random-llama", tasks=0, **options):
-    """A set-up method on a tiny backbone with a minimal run context (no loop), ``before_task`` run ``tasks`` times."""
-    config = tiny_config(tmp_path, method=method, model=model, tasks=TWO_TASKS, method_options={method: options})
-    torch.manual_seed(0)
-    backbone = load_backbone(model, seed=0)
-    method_ = build_method(config)
-    method_.tasks = load_stream_for(config).tasks
-    method_.context = RunContext(config, method_.tasks, Collator(backbone.tokenizer, backbone.is_seq2seq, 512, 6),
-                                 SimpleNamespace(device=torch.device("cpu")), tmp_path)
-    method_.setup(backbone.model, backbone)
-    for i in range(tasks):
-        method_.before_task(backbone.model, i, method_.tasks[i])
-    return method_, backbone
+    return set_up_method(tmp_path, method, TWO_TASKS, model, before_tasks=tasks, max_input_length=512, options=options)
 
 
 def prompt_batch(method, texts=TEXTS):

@@ -3,7 +3,6 @@ stays bit-identical, no raw samples in EPI's state, LFPT5's pseudo samples and t
 them, the KL term, and both methods end to end on a tiny causal and seq2seq model with resume after a crash."""
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,14 +10,14 @@ from safetensors.torch import load_file
 
 from continual_lm.data.collate import Collator
 from continual_lm.errors import ContinualLMError
-from continual_lm.methods.base import RunContext, build_method
+from continual_lm.methods.base import build_method
 from continual_lm.methods.epi import TASK_ID_JSON, MahalanobisSelector
 from continual_lm.methods.lfpt5 import ANSWER_MARKER, generator_marker
 from continual_lm.models.backbone import load_backbone
 from continual_lm.train import loop
 from continual_lm.train.loop import load_stream_for, run
 
-from helpers import run_crashed_in_first_evaluation_then_resumed, tiny_config
+from helpers import run_crashed_in_first_evaluation_then_resumed, tiny_config, set_up_method
 
 TWO_TASKS = ["sentiment", "animal_class"]
 
@@ -130,17 +129,7 @@ def test_epi_generate_never_reads_a_task_id_and_uses_the_selected_prompt(tmp_pat
 
 # ---- LFPT5 -------------------------------------------------------------------------------------------------------
 def built(tmp_path, method, model, **options):
-    config = tiny_config(tmp_path, method=method, model=model, tasks=TWO_TASKS,
-                         method_options={method: options} if options else {})
-    torch.manual_seed(0)
-    backbone = load_backbone(model, seed=0)
-    built_method = build_method(config)
-    built_method.tasks = load_stream_for(config).tasks
-    built_method.context = RunContext(config, built_method.tasks, Collator(backbone.tokenizer, backbone.is_seq2seq,
-                                                                           64, 6),
-                                      SimpleNamespace(device=torch.device("cpu")), tmp_path)
-    built_method.setup(backbone.model, backbone)
-    return built_method, backbone
+    return set_up_method(tmp_path, method, TWO_TASKS, model, options=options)
 
 
 @pytest.mark.parametrize("model", ["tiny-random-llama", "tiny-random-t5"])

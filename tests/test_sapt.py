@@ -2,38 +2,25 @@
 time, end to end on a tiny causal and seq2seq model, resume after a crash."""
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from continual_lm.data.collate import Collator
 from continual_lm.errors import ContinualLMError
-from continual_lm.methods.base import RunContext, TrainExample, build_method
+from continual_lm.methods.base import TrainExample, build_method
 from continual_lm.methods.sapt import GEN_MARKER, SAPTLoRA, SAPTPrompt
-from continual_lm.models.backbone import load_backbone
-from continual_lm.train.loop import load_stream_for, run
+from continual_lm.train.loop import run
 
-from helpers import run_crashed_in_first_evaluation_then_resumed, tiny_config
+from helpers import run_crashed_in_first_evaluation_then_resumed, tiny_config, set_up_method
 
 TWO_TASKS = ["sentiment", "reverse"]
 
 
 def built(tmp_path, method, model="tiny-random-llama", tasks=2, **options):
-    """A set-up method with ``tasks`` blocks on a tiny backbone and a minimal run context (no loop)."""
-    config = tiny_config(tmp_path, method=method, model=model, tasks=TWO_TASKS,
-                         method_options={method: {"generator_max_tokens": 6, **options}})
-    torch.manual_seed(0)
-    backbone = load_backbone(model, seed=0)
-    sapt = build_method(config)
-    sapt.tasks = load_stream_for(config).tasks
-    sapt.context = RunContext(config, sapt.tasks, Collator(backbone.tokenizer, backbone.is_seq2seq, 64, 6),
-                              SimpleNamespace(device=torch.device("cpu")), tmp_path)
-    sapt.setup(backbone.model, backbone)
-    for i in range(tasks):
-        sapt.before_task(backbone.model, i, sapt.tasks[i])
-    return sapt, backbone
+    """A set-up SAPT method with ``tasks`` blocks on a tiny backbone and a minimal run context (no loop)."""
+    return set_up_method(tmp_path, method, TWO_TASKS, model, before_tasks=tasks,
+                         options={"generator_max_tokens": 6, **options})
 
 
 def prompt_batch(sapt, texts, task_index=0):
