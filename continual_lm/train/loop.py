@@ -387,6 +387,7 @@ class ContinualRunner:
             "timing": {"train_s": round(sum(p.get("train_s", 0.0) for p in phase_states), 2),
                        "eval_s": round(sum(p.get("eval_s", 0.0) for p in phase_states), 2)},
             "versions": _versions(),
+            "device": _device_name(self.accelerator.device),
             "batch": {"per_process": self.config.batch_size, "processes": self.accelerator.num_processes,
                       "grad_accum": self.config.grad_accum,
                       "global": self.config.batch_size * self.accelerator.num_processes * self.config.grad_accum},
@@ -413,6 +414,15 @@ class ContinualRunner:
             atomic_write_json(self.run_dir.results_path, results)
             write_run_report(self.run_dir.path, results)
         return results
+
+
+def _device_name(device: torch.device) -> str:
+    """What the run trained on, for results.json: the accelerator's name, or the CPU and its thread count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "cpu":
+        return f"cpu ({torch.get_num_threads()} threads)"
+    return device.type
 
 
 def _cpu_processes() -> bool:
