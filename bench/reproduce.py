@@ -1,7 +1,10 @@
 """One-command small-scale reproduction: every registered method on one fixed protocol, then bench/RESULTS.md.
 
     python bench/reproduce.py --preset small [--benchmarks standard superni] [--methods seqlora inclora ...]
-                              [--data-dir ../shared/data] [--dry-run] [--table-only]
+                              [--data-dir ../shared/data] [--mixed-precision bf16] [--dry-run] [--table-only]
+
+Presets: `small` (sized for a 2-core CPU; writes bench/RESULTS.md) and `medium` (standard order 1 with 8x the
+training steps per task, for a GPU; writes bench/RESULTS-medium.md).
 
 Runs go to bench/runs/<preset>/<benchmark>/<method>/ (checkpoints: last phase only). Finished runs are skipped,
 interrupted ones resumed, so the script can be stopped and started again at any time. The `single` reference runs
@@ -36,6 +39,16 @@ PRESETS = {
             # 15 tasks; 48 train / 8 test examples per task; generation up to 24 new tokens
             "superni": dict(order="1", max_train_per_task=48, max_test_per_task=8, max_input_length=160,
                             max_target_length=24, epochs=1, batch_size=8, eval_batch_size=16),
+        },
+    },
+    # Longer training for the methods whose selection needs many steps (SAPT): 8x the small preset's steps per task
+    # on standard. Sized for a GPU, not for the 2-core CPU.
+    "medium": {
+        "model": "smollm2-135m",
+        "seed": 42,
+        "benchmarks": {
+            "standard": dict(order="1", max_train_per_task=1000, max_test_per_task=50, max_input_length=128,
+                             max_target_length=8, epochs=2, batch_size=8, eval_batch_size=16),
         },
     },
 }
@@ -128,13 +141,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", default=None)
     parser.add_argument("--data-dir", default=os.environ.get("CONTINUAL_LM_DATA", str(HERE.parent.parent / "shared" / "data")))
     parser.add_argument("--runs-dir", default=str(HERE / "runs"))
-    parser.add_argument("--output", default=str(HERE / "RESULTS.md"))
+    parser.add_argument("--output", default=None,
+                        help="default: bench/RESULTS.md for --preset small, bench/RESULTS-<preset>.md for the others")
     parser.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"],
                         help="accelerate mixed precision for every run (default: fp32 as in the committed rows)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     parser.add_argument("--table-only", action="store_true", help="rewrite RESULTS.md from the finished runs and exit")
     args = parser.parse_args(argv)
     preset = PRESETS[args.preset]
+    if args.output is None:
+        args.output = str(HERE / ("RESULTS.md" if args.preset == "small" else f"RESULTS-{args.preset}.md"))
     benchmarks = args.benchmarks or list(preset["benchmarks"])
     methods = args.methods or default_methods()
     if args.dry_run:

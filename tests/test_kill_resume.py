@@ -168,3 +168,34 @@ def test_a_truncated_checkpoint_is_detected_and_named(killed_runs, tmp_path):
         handle.truncate(weights.stat().st_size - 100)
     with pytest.raises(ContinualLMError, match=r"phase_02/trainable\.safetensors is truncated or corrupted"):
         run(RunConfig.from_yaml(out / "config.yaml"), output_dir=out, resume=True)
+
+
+def test_a_run_directory_in_use_by_another_process_is_refused(tmp_path):
+    """Two processes writing one run (a resume started twice) would prune each other's checkpoints: the second one is
+    refused with the directory and the owner's pid named, and the lock goes with the process that held it."""
+    from continual_lm.train.loop import prepare_run_dir
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.yaml").write_text(yaml.safe_dump(tiny_config(tmp_path, **SETTINGS).to_dict()))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from continual_lm.train.checkpoint import RunDir; "
+                               "run = RunDir(sys.argv[1]); run.acquire_lock(); print('locked', flush=True); time.sleep(60)", str(out)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        config = tiny_config(tmp_path, **SETTINGS)
+        for resume, overwrite in ((True, False), (False, True)):
+            with pytest.raises(ContinualLMError, match="in use by another process"):
+                prepare_run_dir(config, out, resume=resume, overwrite=overwrite)
+        with pytest.raises(ContinualLMError, match=rf"{out.name} is in use by another process \(pid {holder.pid}\)"):
+            RunDir(out).acquire_lock()
+        assert (out / "config.yaml").exists()  # --overwrite did not remove the other process' run
+    finally:
+        holder.kill()
+        holder.wait()
+    assert prepare_run_dir(tiny_config(tmp_path, **SETTINGS), out, resume=True, overwrite=False) == out
+    first = RunDir(out)
+    first.acquire_lock()
+    first.release_lock()
+    RunDir(out).acquire_lock()  # released: the next writer gets it

@@ -9,11 +9,13 @@
         method_state.json                 method metadata
         manifest.json                     sha256 + size of each file; verified before anything is loaded
       results.json, report.md, accuracy_matrix.png     at the end
+      .lock                             held (flock) by the process that writes the run, for as long as it runs
 """
 from __future__ import annotations
 
 import json
 import os
+import sys
 import shutil
 import time
 from pathlib import Path
@@ -31,6 +33,50 @@ FORMAT_VERSION = 1
 class RunDir:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        self._lock_handle = None
+
+    # ---- one writer at a time --------------------------------------------------------------------------------
+    def acquire_lock(self) -> None:
+        """Hold an exclusive lock on RUN_DIR/.lock until this process ends (or ``release_lock``): a second process
+        that tries to write the same run directory (a resume started twice, a sweep with a repeated output dir)
+        gets a clear error instead of pruning or overwriting the first one's checkpoints."""
+        if self._lock_handle is not None or sys.platform == "win32":
+            return
+        import fcntl
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path / ".lock", "a+")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "unknown"
+            handle.close()
+            raise ContinualLMError(f"run directory {self.path} is in use by another process (pid {owner}); wait for "
+                                   f"it to finish or stop it before resuming or overwriting this run") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._lock_handle = handle
+
+    def release_lock(self) -> None:
+        if self._lock_handle is not None:
+            self._lock_handle.close()  # closing the file releases the flock
+            self._lock_handle = None
+
+    def is_locked_by_another_process(self) -> bool:
+        if sys.platform == "win32" or not (self.path / ".lock").exists():
+            return False
+        import fcntl
+
+        with open(self.path / ".lock", "a+") as handle:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        return False
 
     # ---- layout ----------------------------------------------------------------------------------------------
     @property

@@ -304,6 +304,16 @@ class ContinualRunner:
         return trained[-1].row
 
     def run(self) -> dict[str, Any]:
+        """Run (or resume) every phase, then write results.json; the main process holds the run directory's lock
+        meanwhile, so that a second process cannot write the same run."""
+        if self.is_main:
+            self.run_dir.acquire_lock()
+        try:
+            return self._run_phases()
+        finally:
+            self.run_dir.release_lock()
+
+    def _run_phases(self) -> dict[str, Any]:
         config, method = self.config, self.method
         state = self.run_dir.read_state()
         phases = method.schedule(len(self.tasks), config.eval_all_tasks)
@@ -437,6 +447,9 @@ def prepare_run_dir(config: RunConfig, output_dir: str | Path | None, resume: bo
 
     state = PartialState(cpu=_cpu_processes())
     path = Path(output_dir or config.output_dir or default_output_dir(config))
+    if (resume or overwrite) and RunDir(path).is_locked_by_another_process():
+        raise ContinualLMError(f"run directory {path} is in use by another process (see {path / '.lock'}); wait "
+                               f"for it to finish or stop it before {'resuming' if resume else 'overwriting'} it")
     if resume:
         if not (path / "config.yaml").exists():
             raise ContinualLMError(f"--resume {path}: no config.yaml there; it is not a run directory")
