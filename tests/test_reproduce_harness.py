@@ -38,3 +38,15 @@ def test_two_invocations_build_one_table_and_skip_finished_runs(reproduce, tmp_p
     (tmp_path / "RESULTS.md").unlink()
     assert reproduce.main(args + ["--table-only"]) == 0
     assert "| olora-strong |" in (tmp_path / "RESULTS.md").read_text()
+
+
+def test_the_readme_quotes_the_committed_results_tables():
+    """The README's reproduction tables are copies of bench/RESULTS.md's (regenerate both together)."""
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text()
+    results = (root / "bench" / "RESULTS.md").read_text()
+    tables = [part for part in results.split("\n## ")[1:]]
+    assert tables, "bench/RESULTS.md has no benchmark table"
+    for part in tables:
+        rows = [line for line in part.splitlines() if line.startswith("| ")]
+        assert rows and "\n".join(rows) in readme, f"README.md does not quote bench/RESULTS.md's table {part.splitlines()[0]!r}"
