@@ -100,36 +100,16 @@ def test_options_are_validated(tmp_path):
         method.setup(backbone.model, backbone)
 
 
-def _train_selector(l1, steps=15):
-    """Two tasks of a few steps each on fixed random tokens; returns (mean selector entropy, sum |W_r|)."""
-    backbone = load_backbone("tiny-random-llama", seed=3)
-    model = backbone.model
-    from continual_lm.config import RunConfig
+def _train_selector(l1):
+    """(mean selector entropy, sum |W_r|) after two short tasks: bench/amlora_l1_entropy.py's measurement."""
+    import importlib.util
+    from pathlib import Path
 
-    method = build_method(RunConfig(method="amlora", model="tiny-random-llama",
-                                    method_options={"amlora": {"l1": l1, "attention_samples": 0}}))
-    method.setup(model, backbone)
-    torch.manual_seed(0)
-    ids = torch.randint(4, 260, (4, 24))
-    model.train()
-    for task in range(2):
-        method.before_task(model, task, None)
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.0)
-        for _ in range(steps):
-            outputs = model(input_ids=ids, labels=ids)
-            (outputs.loss + method.extra_loss(model, {}, outputs) if l1 else outputs.loss).backward()
-            optimizer.step()
-            optimizer.zero_grad()
-    model.eval()
-    banks = find_lora_banks(model)
-    for bank in banks.values():
-        bank.record_weights = True
-    with torch.no_grad():
-        model(input_ids=ids)
-    entropy = [-(g * g.clamp_min(1e-12).log()).sum(-1).mean().item()
-               for g in (bank.mixer.last_distribution for bank in banks.values())]
-    return sum(entropy) / len(entropy), sum(w.abs().sum().item() for w in method.selector_weights())
+    path = Path(__file__).resolve().parent.parent / "bench" / "amlora_l1_entropy.py"
+    spec = importlib.util.spec_from_file_location("amlora_l1_entropy", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.entropy_after_training(l1)
 
 
 def test_a_large_l1_shrinks_the_selector_and_flattens_its_attention():
