@@ -26,9 +26,9 @@ from types import SimpleNamespace
 import torch
 
 from continual_lm.config import RunConfig
-from continual_lm.data.benchmarks import load_stream, resolve_order
+from continual_lm.data.benchmarks import load_stream
 from continual_lm.data.collate import Collator, Encoded
-from continual_lm.methods.epi import MahalanobisSelector, mean_pooled
+from continual_lm.methods.epi import MahalanobisSelector
 from continual_lm.models.backbone import load_backbone
 
 HERE = Path(__file__).resolve().parent

@@ -1,5 +1,31 @@
 """Shared test helpers: a tiny, fast run configuration on the demo stream."""
+import importlib.util
+from pathlib import Path
+
 from continual_lm.config import RunConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_script(relative_path: str):
+    """Import a script of the repository that is not part of the package (bench/, examples/) as a module."""
+    path = ROOT / relative_path
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class NoTaskIds(dict):
+    """A batch that fails the test if the test-time path reads its task ids."""
+
+    def __getitem__(self, key):
+        assert key != "task_ids", "the test path read a task id"
+        return super().__getitem__(key)
+
+    def get(self, key, default=None):
+        assert key != "task_ids", "the test path read a task id"
+        return super().get(key, default)
 
 
 def tiny_config(tmp_path, method="inclora", model="tiny-random-llama", **overrides) -> RunConfig:

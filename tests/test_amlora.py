@@ -15,7 +15,7 @@ from continual_lm.models.lora_bank import LoRABank
 from continual_lm.train import loop
 from continual_lm.train.loop import run
 
-from helpers import tiny_config
+from helpers import load_script, tiny_config
 
 TASKS = ["sentiment", "reverse", "arithmetic"]  # three demo tasks keep the loop tests fast
 
@@ -102,14 +102,7 @@ def test_options_are_validated(tmp_path):
 
 def _train_selector(l1):
     """(mean selector entropy, sum |W_r|) after two short tasks: bench/amlora_l1_entropy.py's measurement."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent.parent / "bench" / "amlora_l1_entropy.py"
-    spec = importlib.util.spec_from_file_location("amlora_l1_entropy", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.entropy_after_training(l1)
+    return load_script("bench/amlora_l1_entropy.py").entropy_after_training(l1)
 
 
 def test_a_large_l1_shrinks_the_selector_and_flattens_its_attention():

@@ -1,9 +1,7 @@
 """Continual pre-training (DAS setting): the building blocks (LM labels, MLM masking, corpus blocks, end-task scores)
 and their integration (stream YAML, collator, masked-LM models, the loop's end-task evaluation, method refusals)."""
-import importlib.util
 import json
 import random
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,7 +17,7 @@ from continual_lm.models.backbone import default_lora_targets, is_encoder_only, 
 from continual_lm.train.end_task import end_task_scores, macro_f1
 from continual_lm.train.loop import run
 
-from helpers import run_crashed_in_first_evaluation_then_resumed, tiny_config
+from helpers import load_script, run_crashed_in_first_evaluation_then_resumed, tiny_config
 from test_loop import check_contract
 
 MASK, PAD, CLS = 4, 0, 1
@@ -110,13 +108,8 @@ def test_end_task_fine_tunes_a_copy_and_scores_accuracy_and_macro_f1():
 # ---------------------------------------------------------------------------------------------------------------
 # The integration: stream YAML, collator, models, loop evaluation, method refusals
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "continual_pretraining" / "make_stream.py"
-
-
 def write_stream(folder, **sizes):
-    spec = importlib.util.spec_from_file_location("make_stream", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("examples/continual_pretraining/make_stream.py")
     return module.write_stream(folder, **{"documents": 24, "train": 16, "test": 8, "epochs": 3, **sizes})
 
 

@@ -15,7 +15,7 @@ from continual_lm.methods.base import TrainExample, build_method
 from continual_lm.models.backbone import load_backbone
 from continual_lm.train.loop import run
 
-from helpers import run_crashed_in_first_evaluation_then_resumed, tiny_config, set_up_method
+from helpers import NoTaskIds, run_crashed_in_first_evaluation_then_resumed, tiny_config, set_up_method
 
 TWO_TASKS = ["sentiment", "reverse"]
 TEXTS = ["a great film", "the cat sat on the mat"]
@@ -31,16 +31,6 @@ def prompt_batch(method, texts=TEXTS):
 
 def train_batch(method, texts=TEXTS):
     return next(method.context.train_batches([TrainExample(0, Example(t, "positive")) for t in texts]))
-
-
-class NoTaskIds(dict):
-    def __getitem__(self, key):
-        assert key != "task_ids", "the test path read a task id"
-        return super().__getitem__(key)
-
-    def get(self, key, default=None):
-        assert key != "task_ids", "the test path read a task id"
-        return super().get(key, default)
 
 
 def trainable(model):

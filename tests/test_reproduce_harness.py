@@ -1,20 +1,16 @@
 """bench/reproduce.py on a tiny preset: runs land in one folder per method, finished runs are skipped, a named
 variant runs its method with its options, and RESULTS.md lists every finished run of every invocation."""
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+from helpers import ROOT, load_script
 
 
 @pytest.fixture()
 def reproduce(monkeypatch):
-    spec = importlib.util.spec_from_file_location("reproduce", ROOT / "bench" / "reproduce.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("bench/reproduce.py")
     tiny = dict(tasks=["sentiment", "number_sign"], max_train_per_task=4, max_test_per_task=2, max_input_length=48,
                 max_target_length=4, epochs=1, batch_size=4, eval_batch_size=4, progress=False)
     monkeypatch.setitem(module.PRESETS, "tiny", {"model": "tiny-random-llama", "seed": 3, "benchmarks": {"demo": tiny}})
@@ -42,9 +38,8 @@ def test_two_invocations_build_one_table_and_skip_finished_runs(reproduce, tmp_p
 
 def test_the_readme_quotes_the_committed_results_tables():
     """The README's reproduction tables are copies of bench/RESULTS.md's (regenerate both together)."""
-    root = Path(__file__).resolve().parent.parent
-    readme = (root / "README.md").read_text()
-    results = (root / "bench" / "RESULTS.md").read_text()
+    readme = (ROOT / "README.md").read_text()
+    results = (ROOT / "bench" / "RESULTS.md").read_text()
     tables = [part for part in results.split("\n## ")[1:]]
     assert tables, "bench/RESULTS.md has no benchmark table"
     for part in tables:

@@ -12,7 +12,7 @@ from continual_lm.methods.base import TrainExample, build_method
 from continual_lm.methods.sapt import GEN_MARKER, SAPTLoRA, SAPTPrompt
 from continual_lm.train.loop import run
 
-from helpers import run_crashed_in_first_evaluation_then_resumed, tiny_config, set_up_method
+from helpers import NoTaskIds, run_crashed_in_first_evaluation_then_resumed, tiny_config, set_up_method
 
 TWO_TASKS = ["sentiment", "reverse"]
 
@@ -92,16 +92,6 @@ def test_training_examples_hold_out_inputs_and_replay_pseudo_samples(tmp_path, a
     assert [e.example for e in kept if e.task_index == 1] == sapt.tasks[1].train[:-1]  # last input held out
     replayed = [(e.task_index, e.example.input, e.example.target) for e in kept if e.task_index == 0]
     assert replayed == ([(0, "pseudo question", "pseudo answer")] if arm == "replay" else [])
-
-
-class NoTaskIds(dict):
-    def __getitem__(self, key):
-        assert key != "task_ids", "the test path read a task id"
-        return super().__getitem__(key)
-
-    def get(self, key, default=None):
-        assert key != "task_ids", "the test path read a task id"
-        return super().get(key, default)
 
 
 @pytest.mark.parametrize("method", ["sapt-lora", "sapt-prompt"])
