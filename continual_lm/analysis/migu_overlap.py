@@ -77,7 +77,6 @@ def main(argv: list[str]) -> int:
     names = [t.name for t in runner.tasks]
     output = Path(args.output) if args.output else Path(args.run_dir) / "migu_overlap_heatmap.png"
     title = f"{config.method} on {config.model}\nupdated-position overlap, {layer}, T={threshold:g}"
-    output.parent.mkdir(parents=True, exist_ok=True)
     plot_fraction_heatmap(matrix, output, rows=names, columns=names, xlabel="task", ylabel="task", title=title,
                           colorbar_label="overlap of updated positions")
     record = {"run_dir": str(args.run_dir), "method": config.method, "model": config.model, "layer": layer,
