@@ -393,7 +393,7 @@ def _hub_error(spec: str, exc: BaseException) -> ContinualLMError:
     )
 
 
-def _dtype(dtype: str) -> torch.dtype:
+def parse_dtype(dtype: str) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         if dtype in DTYPES.values():
             return dtype
@@ -488,7 +488,7 @@ def load_backbone(
     spec: str = "smollm2-135m", *, dtype: str = "float32", trust_remote_code: bool = False, seed: int = 0
 ) -> Backbone:
     """Load a model + tokenizer from an alias, a local HF folder, a .gguf file or a hub id (see module doc)."""
-    torch_dtype = _dtype(dtype)
+    torch_dtype = parse_dtype(dtype)
     kind, payload = _resolve(spec)
     trust = bool(trust_remote_code)
     if kind == "alias":

@@ -68,13 +68,20 @@ class PromptBank(nn.Module):
 
 
 def is_seq2seq_model(model: nn.Module) -> bool:
-    return bool(getattr(model.config, "is_encoder_decoder", False))
+    return bool(getattr(_unwrapped(model).config, "is_encoder_decoder", False))
+
+
+def _unwrapped(model: nn.Module) -> nn.Module:
+    """The Hugging Face model inside a training wrapper (DDP, DeepSpeed engine) of the phase."""
+    from accelerate.utils import extract_model_from_parallel
+
+    return extract_model_from_parallel(model)
 
 
 def prepend_prompt(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt: torch.Tensor,
                    labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Model keyword arguments with ``prompt`` ([L, H] or [B, L, H]) in front of the embedded ``input_ids``."""
-    embeds = model.get_input_embeddings()(input_ids)
+    embeds = _unwrapped(model).get_input_embeddings()(input_ids)
     batch = input_ids.shape[0]
     if prompt.dim() == 2:
         prompt = prompt.unsqueeze(0).expand(batch, -1, -1)

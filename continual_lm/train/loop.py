@@ -30,6 +30,7 @@ from ..io_utils import atomic_write_json, atomic_write_yaml
 from ..methods.base import Method, Phase, RunContext, TrainExample, build_method
 from .checkpoint import RunDir
 from .corpus_stream import check_corpus_method, corpus_tasks_in_blocks
+from .engine import check_engine, end_training, engine_name, start_training
 
 
 @dataclass
@@ -158,7 +159,6 @@ class ContinualRunner:
 
     # ---- training --------------------------------------------------------------------------------------------
     def train_phase(self, phase: Phase) -> float:
-        from accelerate.utils import DistributedType
         from torch.utils.data import DataLoader
         from transformers import get_scheduler
 
@@ -169,38 +169,42 @@ class ContinualRunner:
             raise ContinualLMError(f"phase {phase.row}: no training examples (check --max-train-per-task)")
         self.consumed_task_indices.append({e.task_index for e in examples})
         features = [self.collator.encode_train(self.tasks[e.task_index], e.example, e.task_index) for e in examples]
-        params = [p for p in model.parameters() if p.requires_grad]
-        if not params:
+        if not any(p.requires_grad for p in model.parameters()):
             raise ContinualLMError(f"method {method.name}: nothing to train in phase {phase.row}")
-        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=config.weight_decay)
         generator = torch.Generator().manual_seed(self.phase_seed(config.seed, phase.row))
         self.collator.mlm_generator.manual_seed(self.phase_seed(config.seed, phase.row))  # masked LM positions
         loader = DataLoader(features, batch_size=config.batch_size, shuffle=True, generator=generator,
                             collate_fn=self.collator.train_batch)
-        distributed = accelerator.distributed_type != DistributedType.NO
-        train_model = accelerator.prepare_model(model) if distributed else model
-        optimizer, loader = accelerator.prepare(optimizer, loader)
-        steps = math.ceil(len(loader) / config.grad_accum) * config.epochs
-        scheduler = get_scheduler(config.scheduler, optimizer, num_warmup_steps=int(config.warmup_ratio * steps),
-                                  num_training_steps=steps)
+        steps = 0
+
+        def make_scheduler(optimizer, batches_per_process: int):
+            nonlocal steps
+            steps = math.ceil(batches_per_process / config.grad_accum) * config.epochs
+            return get_scheduler(config.scheduler, optimizer, num_warmup_steps=int(config.warmup_ratio * steps),
+                                 num_training_steps=steps)
+
+        model.train()  # before start_training: a partitioned copy takes the model's mode
+        training = start_training(
+            accelerator, model, loader, make_scheduler=make_scheduler,
+            make_optimizer=lambda params: torch.optim.AdamW(params, lr=self.lr, weight_decay=config.weight_decay))
+        optimizer, scheduler = training.optimizer, training.scheduler
         names = " + ".join(self.tasks[i].name for i in phase.train_tasks)
         bar = tqdm(total=steps, desc=f"train {phase.row + 1}/{len(self.tasks)} {names}"[:60], unit="step",
                    disable=not (config.progress and self.is_main))
         start, seen, ema = time.perf_counter(), 0, None
-        model.train()
         for _ in range(config.epochs):
-            for batch in loader:
-                with accelerator.accumulate(train_model), accelerator.autocast():
+            for batch in training.loader:
+                with accelerator.accumulate(training.model), accelerator.autocast():
                     method.before_forward(model, batch)
-                    outputs = method.forward(train_model, batch)
+                    outputs = method.forward(training.model, batch)
                     loss = outputs.loss
                     extra = method.extra_loss(model, batch, outputs)
                     total = loss + extra if extra is not None else loss
-                    accelerator.backward(total)
-                    if accelerator.sync_gradients:
+                    accelerator.backward(total)  # DeepSpeed: also clips and steps the optimizer and scheduler
+                    if accelerator.sync_gradients and not training.steps_in_backward:
                         method.after_backward(model)
                         if config.max_grad_norm:
-                            accelerator.clip_grad_norm_(params, config.max_grad_norm)
+                            accelerator.clip_grad_norm_(training.params, config.max_grad_norm)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                 if not torch.isfinite(loss):
@@ -215,7 +219,8 @@ class ContinualRunner:
                     bar.update(1)
                     bar.set_postfix(loss=f"{ema:.3f}", samples_s=f"{seen / (time.perf_counter() - start):.1f}")
         bar.close()
-        accelerator.free_memory()
+        outputs = loss = total = extra = None  # a live autograd graph would keep a partitioned copy alive
+        end_training(accelerator, model, training)
         method.after_task(model, phase.row, self.tasks[phase.row], examples)
         return time.perf_counter() - start
 
@@ -398,6 +403,7 @@ class ContinualRunner:
                        "eval_s": round(sum(p.get("eval_s", 0.0) for p in phase_states), 2)},
             "versions": _versions(),
             "device": _device_name(self.accelerator.device),
+            "engine": engine_name(self.accelerator),
             "batch": {"per_process": self.config.batch_size, "processes": self.accelerator.num_processes,
                       "grad_accum": self.config.grad_accum,
                       "global": self.config.batch_size * self.accelerator.num_processes * self.config.grad_accum},
@@ -478,10 +484,7 @@ def build_runner(config: RunConfig, path: Path, *, backbone=None, write_config: 
     accelerator = Accelerator(gradient_accumulation_steps=config.grad_accum, mixed_precision=config.mixed_precision,
                               cpu=cpu_processes, log_with=None if config.report_to == "none" else config.report_to,
                               project_dir=str(path))
-    if accelerator.distributed_type.name in ("FSDP", "DEEPSPEED"):
-        raise ContinualLMError(f"accelerate {accelerator.distributed_type.name} is not supported by the loop yet: it "
-                               f"grows the model per task and evaluates/saves the unwrapped model, which needs whole "
-                               f"parameters; use DDP (examples/accelerate/ddp_cpu.yaml) - see docs/scaling.md")
+    check_engine(accelerator, method, config)
     stream = load_stream_for(config)
     check_corpus_method(method, stream.tasks)
     config.order = stream.order

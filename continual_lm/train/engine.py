@@ -1,0 +1,184 @@
+"""How one training phase runs under accelerate's engines, and which methods each engine can train
+(docs/scaling.md, "Engines").
+
+Between phases the model is always a plain module with whole parameters on every process: the methods grow it
+(new LoRAs, prompts, selectors), evaluation generates with it and the main process checkpoints it. Only the
+training of a phase is wrapped:
+
+* one process, DDP: trained in place; DDP wraps the model for the phase (``accelerator.prepare_model``).
+* DeepSpeed ZeRO-1/2: trained in place inside a DeepSpeed engine built for the phase with its optimizer, data
+  loader and scheduler (optimizer states and gradients are partitioned, parameters stay whole). The engine steps
+  the optimizer, the scheduler and clips gradients inside ``accelerator.backward``, so a method that edits
+  gradients between backward and step (``after_backward``: MIGU) is refused. ``free_memory`` destroys the engine,
+  which removes its gradient hooks from the parameters.
+* DeepSpeed ZeRO-3, FSDP2: these partition the parameters themselves, and neither can be undone in place nor
+  grow. The phase trains a copy of the model (``copy.deepcopy``) that the engine partitions; at the end every
+  process gathers the copy's trained tensors (FSDP2 ``full_tensor``, ZeRO-3 ``GatheredParameters``) into the
+  plain model and the copy is released. Memory per process: the whole model plus 1/N of the copy's parameters,
+  gradients and optimizer states. Because the methods' own hooks see the plain model, only methods that train
+  through the wrapped model's forward alone are accepted (no own ``forward``, ``extra_loss``, ``before_forward``
+  or ``after_backward``).
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..errors import ContinualLMError
+from ..models.backbone import parse_dtype
+from ..methods.base import Method
+
+
+@dataclass
+class PhaseTraining:
+    """What the loop trains with during one phase."""
+
+    model: nn.Module  # the module the training forward runs through (a DDP/DeepSpeed wrapper, or the model)
+    optimizer: Any
+    loader: Any
+    scheduler: Any
+    params: list[nn.Parameter]  # the parameters being trained (what gradient clipping sees)
+    steps_in_backward: bool  # DeepSpeed: optimizer step, scheduler step and clipping happen in accelerator.backward
+    copy: nn.Module | None = None  # ZeRO-3/FSDP2: the partitioned copy being trained (gathered back at the end)
+
+
+def engine_name(accelerator) -> str:
+    """"single", "ddp", "deepspeed-zero<stage>" or "fsdp" (for results.json and error messages)."""
+    kind = accelerator.distributed_type.name
+    if kind == "NO":
+        return "single"
+    if kind == "DEEPSPEED":
+        return f"deepspeed-zero{deepspeed_config(accelerator).get('zero_optimization', {}).get('stage', 0)}"
+    if kind == "FSDP":
+        return "fsdp"
+    return "ddp"
+
+
+def deepspeed_config(accelerator) -> dict:
+    return accelerator.state.deepspeed_plugin.deepspeed_config
+
+
+def _parts(method: Method) -> list[Method]:
+    return list(getattr(method, "parts", [method]))
+
+
+def edits_gradients(method: Method) -> list[str]:
+    """Names of the method's parts that change gradients between backward and the optimizer step."""
+    return [p.name for p in _parts(method) if type(p).after_backward is not Method.after_backward]
+
+
+def shards_parameters(accelerator) -> bool:
+    name = engine_name(accelerator)
+    return name == "fsdp" or name == "deepspeed-zero3"
+
+
+def hooks_outside_forward(method: Method) -> list[str]:
+    """``part.hook`` for each training hook a part of the method defines besides the model's own forward."""
+    hooks = ("forward", "extra_loss", "before_forward", "after_backward")
+    return [f"{p.name}.{h}" for p in _parts(method) for h in hooks if getattr(type(p), h) is not getattr(Method, h)]
+
+
+def check_engine(accelerator, method: Method, config) -> None:
+    """Refuse, before any work, an engine/method/option combination the loop cannot train correctly."""
+    name = engine_name(accelerator)
+    if name == "fsdp" and accelerator.state.fsdp_plugin.fsdp_version != 2:
+        raise ContinualLMError("FSDP: the loop supports FSDP2 only; set fsdp_version: 2 in the accelerate config "
+                               "(examples/accelerate/fsdp.yaml)")
+    if name == "deepspeed-zero3" and accelerator.state.deepspeed_plugin.zero3_init_flag:
+        raise ContinualLMError("DeepSpeed ZeRO-3: set zero3_init_flag: false in the accelerate config; the loop keeps "
+                               "a whole copy of the model between phases and partitions a copy per phase")
+    if shards_parameters(accelerator):
+        outside = hooks_outside_forward(method)
+        if outside:
+            raise ContinualLMError(
+                f"{name} partitions the parameters, and method {method.name} trains through its own hooks "
+                f"({', '.join(outside)}), which would see unpartitioned copies; run it with DeepSpeed ZeRO-2 "
+                f"(examples/accelerate/deepspeed_zero2.yaml), DDP or one process (docs/scaling.md, Engines)")
+    if name.startswith("deepspeed"):
+        editors = edits_gradients(method)
+        if editors:
+            raise ContinualLMError(
+                f"method {', '.join(editors)} edits gradients between backward and the optimizer step, which DeepSpeed "
+                f"does inside one call; run it with DDP (examples/accelerate/ddp_cpu.yaml) or one process")
+        _agree_with_deepspeed(accelerator, config)
+
+
+def _agree_with_deepspeed(accelerator, config) -> None:
+    """Fill the DeepSpeed config's "auto" batch/clipping/accumulation values from the run's options, and refuse
+    explicit values that disagree with them (DeepSpeed would silently use its own)."""
+    ds = deepspeed_config(accelerator)
+    wanted = {"train_micro_batch_size_per_gpu": config.batch_size, "gradient_accumulation_steps": config.grad_accum,
+              "gradient_clipping": float(config.max_grad_norm or 0.0)}
+    options = {"train_micro_batch_size_per_gpu": "--batch-size", "gradient_accumulation_steps": "--grad-accum",
+               "gradient_clipping": "--max-grad-norm"}
+    for key, value in wanted.items():
+        given = ds.get(key, "auto")
+        if given == "auto":
+            ds[key] = value
+        elif float(given) != float(value):
+            raise ContinualLMError(f"the DeepSpeed config sets {key} = {given} but {options[key]} is {value}; make "
+                                   f"them agree or set {key} to auto in the DeepSpeed config")
+    ds["train_batch_size"] = config.batch_size * config.grad_accum * accelerator.num_processes
+    accelerator.gradient_accumulation_steps = config.grad_accum
+    half = next((k for k in ("bf16", "fp16") if ds.get(k, {}).get("enabled") is True), None)
+    stage = ds.get("zero_optimization", {}).get("stage", 0)
+    if half and stage < 3 and parse_dtype(config.dtype) != {"bf16": torch.bfloat16, "fp16": torch.float16}[half]:
+        wanted_dtype = {"bf16": "bfloat16", "fp16": "float16"}[half]
+        raise ContinualLMError(
+            f"DeepSpeed ZeRO-{stage} with {half} casts the model to {wanted_dtype} in place (it keeps float32 master "
+            f"weights in its optimizer); load the model so with --dtype {wanted_dtype}, or a resumed run would "
+            f"evaluate different weights than an uninterrupted one")
+
+
+def start_training(accelerator, model: nn.Module, loader, make_optimizer: Callable[[list], Any],
+                   make_scheduler: Callable[[Any, int], Any]) -> PhaseTraining:
+    """Wrap ``model`` (or, when the engine partitions parameters, a copy of it) and its data loader for one
+    phase. ``make_scheduler(optimizer, batches_per_process)``."""
+    kind = accelerator.distributed_type.name
+    work = copy.deepcopy(model) if shards_parameters(accelerator) else model
+    params = [p for p in work.parameters() if p.requires_grad]
+    optimizer = make_optimizer(params)
+    if kind == "DEEPSPEED":
+        scheduler = make_scheduler(optimizer, math.ceil(len(loader) / accelerator.num_processes))
+        wrapped, optimizer, loader, scheduler = accelerator.prepare(work, optimizer, loader, scheduler)
+        return PhaseTraining(wrapped, optimizer, loader, scheduler, params, steps_in_backward=True,
+                             copy=work if work is not model else None)
+    if kind == "FSDP":  # FSDP2 shards the copy in place and swaps the optimizer's parameters for the shards
+        wrapped, optimizer, loader = accelerator.prepare(work, optimizer, loader)
+        params = [p for p in wrapped.parameters() if p.requires_grad]
+        copy_ = wrapped
+    else:
+        wrapped = accelerator.prepare_model(model) if kind != "NO" else model
+        optimizer, loader = accelerator.prepare(optimizer, loader)
+        copy_ = None
+    scheduler = make_scheduler(optimizer, len(loader))
+    return PhaseTraining(wrapped, optimizer, loader, scheduler, params, steps_in_backward=False, copy=copy_)
+
+
+def end_training(accelerator, model: nn.Module, training: PhaseTraining) -> None:
+    """Gather a partitioned copy's trained tensors into ``model`` (every process), then release the phase's
+    wrapper, optimizer and loader (a DeepSpeed engine is destroyed): the model is plain again."""
+    if training.copy is not None:
+        trained = _gathered_trainable(accelerator, training.copy)
+        targets = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in trained.items():
+                targets[name].copy_(value.to(targets[name].dtype))
+    accelerator.free_memory()
+    training.model = training.optimizer = training.loader = training.scheduler = training.copy = None
+
+
+def _gathered_trainable(accelerator, work: nn.Module) -> dict[str, torch.Tensor]:
+    """Whole copies of the trainable parameters of a partitioned model, on every process (a collective)."""
+    params = [(n, p) for n, p in work.named_parameters() if p.requires_grad]
+    if accelerator.distributed_type.name == "FSDP":
+        return {n: p.full_tensor().detach().clone() for n, p in params}
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters([p for _, p in params], modifier_rank=None):
+        return {n: p.detach().clone() for n, p in params}
