@@ -15,6 +15,11 @@ of a real run of any method. Memory per process (no sharding; bytes per value b 
 
 with L layers (encoder + decoder for seq2seq), hidden size H, A attention heads, vocabulary V, batch B and
 sequence length S. Buffers, the CUDA context, allocator fragmentation and evaluation are not counted.
+
+With ``engine`` and N ``processes`` (train/engine.py): DeepSpeed ZeRO-2 divides gradients and optimizer states by
+N and keeps them in float32 (AdamW states 8 bytes, plus 4-byte master weights when the model is bf16/fp16);
+ZeRO-3 adds a partitioned copy of the weights (P_total * b / N) beside the whole model and divides gradients
+too; FSDP2 likewise, with the optimizer states in the parameter dtype.
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ import torch
 from .errors import ContinualLMError
 
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+ENGINES = ("single", "ddp", "deepspeed-zero2", "deepspeed-zero3", "fsdp")  # as results.json names them
 
 
 def _llama_2_7b():
@@ -57,6 +63,8 @@ class Plan:
     trainable_per_phase: list[int]  # parameters that require grad in each phase
     checkpoint_bytes_per_phase: list[int]  # what the loop saves after each phase (every ever-trainable parameter)
     memory: dict[str, int] = field(default_factory=dict)  # bytes, see the module docstring
+    engine: str = "single"
+    processes: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -90,7 +98,8 @@ def activation_bytes(config, batch_size: int, seq_len: int, dtype: str, gradient
 
 def plan(model: str, method: str, tasks: int, *, lora_r: int | None = None, lora_targets: list[str] | None = None,
          batch_size: int = 8, seq_len: int = 512, dtype: str = "float32", gradient_checkpointing: bool = False,
-         method_options: dict | None = None, trust_remote_code: bool = False) -> Plan:
+         method_options: dict | None = None, trust_remote_code: bool = False, engine: str = "single",
+         processes: int = 1) -> Plan:
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     from .config import LoRAConfig, RunConfig
@@ -101,7 +110,11 @@ def plan(model: str, method: str, tasks: int, *, lora_r: int | None = None, lora
         raise ContinualLMError(f"--tasks must be a positive integer, got {tasks!r}")
     if dtype not in BYTES:
         raise ContinualLMError(f"--dtype must be one of {', '.join(BYTES)}, got {dtype!r}")
-    for name, value in (("--batch-size", batch_size), ("--seq-len", seq_len)):
+    if engine not in ENGINES:
+        raise ContinualLMError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine == "single" and processes != 1:
+        raise ContinualLMError(f"--engine single runs 1 process, not --processes {processes}")
+    for name, value in (("--batch-size", batch_size), ("--seq-len", seq_len), ("--processes", processes)):
         if not isinstance(value, int) or value <= 0:
             raise ContinualLMError(f"{name} must be a positive integer, got {value!r}")
     lora = LoRAConfig(targets=lora_targets) if lora_r is None else LoRAConfig(r=lora_r, targets=lora_targets)
@@ -130,11 +143,26 @@ def plan(model: str, method: str, tasks: int, *, lora_r: int | None = None, lora
     frozen = sum(p.numel() for p in params if id(p) not in touched)
     b, most = BYTES[dtype], max(trainable)
     _, _, _, vocab = _dims(model_config)
-    memory = {"weights": total * b, "gradients": most * b, "optimizer": 2 * most * b,
+    memory = {"weights": total * b, **_training_state_bytes(engine, processes, total, most, b),
               "activations": activation_bytes(model_config, batch_size, seq_len, dtype, gradient_checkpointing),
               "logits": 2 * batch_size * seq_len * vocab * 4}
     memory["total"] = sum(memory.values())
-    return Plan(model, method, tasks, dtype, frozen, total, trainable, checkpoint, memory)
+    return Plan(model, method, tasks, dtype, frozen, total, trainable, checkpoint, memory, engine, processes)
+
+
+def _training_state_bytes(engine: str, n: int, total: int, most: int, b: int) -> dict[str, int]:
+    """Per-process bytes of what training adds to the whole model's weights, by engine (module docstring)."""
+    if engine in ("single", "ddp"):
+        return {"gradients": most * b, "optimizer": 2 * most * b}
+    state = {}
+    if engine in ("deepspeed-zero3", "fsdp"):
+        state["weights, partitioned copy"] = total * b // n
+    state["gradients"] = most * b // n
+    if engine.startswith("deepspeed"):  # float32 AdamW states, and float32 master weights of a half model
+        state["optimizer"] = most * (8 + (4 if b < 4 else 0)) // n
+    else:
+        state["optimizer"] = 2 * most * b // n
+    return state
 
 
 def _gib(n: int) -> str:
@@ -154,7 +182,8 @@ def format_plan(result: Plan, batch_size: int, seq_len: int) -> str:
         f"| total after {result.tasks} tasks | {result.total:,} |",
         f"| checkpoint after the last phase | {result.checkpoint_bytes_per_phase[-1]:,} bytes |",
         "",
-        f"| training memory per process (batch {batch_size} x {seq_len} tokens) | estimate |",
+        f"| training memory per process ({result.engine}, {result.processes} process"
+        f"{'es' if result.processes > 1 else ''}, batch {batch_size} x {seq_len} tokens) | estimate |",
         "| --- | ---: |",
     ]
     lines += [f"| {name} | {_gib(value)} |" for name, value in result.memory.items()]
@@ -173,6 +202,8 @@ def add_plan_arguments(parser) -> None:
     parser.add_argument("--seq-len", type=int, default=512, help="tokens per training example (padded length)")
     parser.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 weights")
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--engine", default="single", help=f"{' | '.join(ENGINES)} (the memory estimate per process)")
+    parser.add_argument("--processes", type=int, default=1, help="number of processes (GPUs) of --engine")
     parser.add_argument("--trust-remote-code", action="store_true")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
 
@@ -187,6 +218,7 @@ def cmd_plan(args) -> int:
     targets = [t for item in args.lora_targets for t in item.split(",") if t] if args.lora_targets else None
     result = plan(model, args.method, args.tasks, lora_r=args.lora_r, lora_targets=targets,
                   batch_size=args.batch_size, seq_len=args.seq_len, dtype=args.dtype,
-                  gradient_checkpointing=args.gradient_checkpointing, trust_remote_code=args.trust_remote_code)
+                  gradient_checkpointing=args.gradient_checkpointing, trust_remote_code=args.trust_remote_code,
+                  engine=args.engine, processes=args.processes)
     print(json.dumps(result.to_dict(), indent=1) if args.json else format_plan(result, args.batch_size, args.seq_len))
     return 0

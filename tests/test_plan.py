@@ -76,6 +76,26 @@ def test_memory_estimate_follows_the_documented_formula():
     assert checkpointed == int(32 * 4 * 256 * 4096 * b + per_layer) < result.memory["activations"]
 
 
+def test_memory_per_process_under_each_engine():
+    """LLaMA-2-7B full fine-tuning in bfloat16 on 8 processes: what each engine keeps per process."""
+    runs = {e: plan("llama-2-7b", "seqft", 1, dtype="bfloat16", engine=e, processes=1 if e == "single" else 8)
+            for e in ("single", "ddp", "deepspeed-zero2", "deepspeed-zero3", "fsdp")}
+    p = runs["single"].total  # seqft trains every parameter
+    assert max(runs["single"].trainable_per_phase) == p == 6_738_415_616
+    assert runs["ddp"].memory == runs["single"].memory  # DDP replicates everything
+    zero2, zero3, fsdp = runs["deepspeed-zero2"].memory, runs["deepspeed-zero3"].memory, runs["fsdp"].memory
+    assert zero2["weights"] == zero3["weights"] == fsdp["weights"] == 2 * p  # the whole model between phases
+    assert zero2["gradients"] == zero3["gradients"] == 2 * p // 8
+    assert zero2["optimizer"] == zero3["optimizer"] == (8 + 4) * p // 8  # float32 AdamW states + master weights
+    assert "weights, partitioned copy" not in zero2 and zero3["weights, partitioned copy"] == 2 * p // 8
+    assert fsdp["optimizer"] == 2 * 2 * p // 8
+    assert runs["single"].memory["total"] > zero2["total"] > fsdp["total"]
+    with pytest.raises(ContinualLMError, match="--engine must be one of"):
+        plan("tiny-random-llama", "inclora", 1, engine="zero3")
+    with pytest.raises(ContinualLMError, match="--processes"):
+        plan("tiny-random-llama", "inclora", 1, engine="ddp", processes=0)
+
+
 def test_cli_plan_prints_counts_and_reads_a_config_json(tmp_path, capsys):
     from transformers import LlamaConfig
 
