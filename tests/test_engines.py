@@ -25,7 +25,7 @@ from test_distributed import ROOT, WEIGHT_ATOL, _cli_args, _env, _free_port, _re
 
 pytest.importorskip("deepspeed", reason="the DeepSpeed engine tests need deepspeed (pip install -e '.[test]')")
 
-FULL_FINETUNING_ATOL = 5e-5
+FULL_FINETUNING_ATOL = 2e-4
 CPU_ENGINES = ROOT / "tests" / "engines_on_cpu"
 # engine -> (shipped accelerate config, methods run under it)
 ENGINES = {
@@ -33,6 +33,19 @@ ENGINES = {
     "deepspeed-zero3": ("deepspeed_zero3.yaml", ["inclora", "seqft"]),
     "fsdp": ("fsdp.yaml", ["inclora", "seqft"]),
 }
+
+
+# after the runs: what is still alive of the phases' engines (each phase builds and must release one)
+LIVE_ENGINES = """
+import gc, json, torch
+from deepspeed import DeepSpeedEngine
+from torch.distributed.fsdp import FSDPModule
+gc.collect()
+live = {{"deepspeed": sum(isinstance(o, DeepSpeedEngine) for o in gc.get_objects()),
+        "fsdp": sum(isinstance(o, FSDPModule) for o in gc.get_objects())}}
+if torch.distributed.get_rank() == 0:
+    json.dump(live, open({out!r}, "w"))
+"""
 
 
 def _launch(config: str, driver: Path, cwd: Path) -> subprocess.Popen:
@@ -56,7 +69,8 @@ def engine_runs(tmp_path_factory):
         outputs[engine] = {m: tmp / engine / m.replace("+", "_") for m in engine_methods}
         runs = [_cli_args(m, out, batch_size=4)[2:] for m, out in outputs[engine].items()]
         driver = tmp / f"{engine}.py"
-        driver.write_text(f"from continual_lm.cli import main\nfor argv in {runs!r}:\n    assert main(argv) == 0\n")
+        driver.write_text(f"from continual_lm.cli import main\nfor argv in {runs!r}:\n    assert main(argv) == 0\n"
+                          + LIVE_ENGINES.format(out=str(tmp / f"{engine}_live.json")))
         process = _launch(config, driver, tmp)
         for m in methods:  # overlap the references with the first launch
             if m not in references:
@@ -75,14 +89,24 @@ def test_engine_on_two_processes_matches_one_process(engine_runs, engine, method
     assert results["engine"] == engine and reference["engine"] == "single"
     assert results["batch"] == {"per_process": 4, "processes": 2, "grad_accum": 1, "global": 8}
     ref_dir = tmp / f"ref_{method.replace('+', '_')}" / "run"
-    # trained tensors and method state (EWC Fisher, ...) of every phase; full fine-tuning moves every weight of the
-    # model, whose float32 summation noise Adam turns into updates of up to 1e-5 (measured 1.0e-5 after 2 phases)
+    # trained tensors and method state (EWC Fisher, ...) of every phase. Full fine-tuning moves every weight, and
+    # Adam turns float32 summation noise on weights with near-zero gradients into larger steps: measured 6.1e-5
+    # (FSDP2) and 3.4e-5 (ZeRO-3) after 2 phases, on 2-3 of 107,328 weights above 1e-5; a wrong schedule or a
+    # missed gradient reduction moves weights by about lr (5e-3)
     _same_weights(out, ref_dir, phases=2, atol=FULL_FINETUNING_ATOL if method == "seqft" else WEIGHT_ATOL)
     for row in range(2):
         name = f"predictions/after_phase_{row:02d}.json"
         assert json.loads((out / name).read_text()) == json.loads((ref_dir / name).read_text())
     assert results["matrix"] == reference["matrix"]
     assert not list(out.rglob("*.tmp*"))
+
+
+@pytest.mark.parametrize("engine", list(ENGINES))
+def test_every_phase_releases_its_engine(engine_runs, engine):
+    """No DeepSpeed engine or FSDP-sharded copy outlives its phase (DeepSpeed's destroy() alone leaves the engine
+    reachable through hooks and caches: train/engine.py releases them)."""
+    tmp = engine_runs[2]
+    assert json.loads((tmp / f"{engine}_live.json").read_text()) == {"deepspeed": 0, "fsdp": 0}
 
 
 # ---- refusals: checked before any work, from the engine and the method's hooks -------------------------------

@@ -146,6 +146,7 @@ class Method:
         return model.generate(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
             max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+            synced_gpus=False,  # each process generates for its own share of inputs (eval/generate.py)
         )
 
     @torch.no_grad()

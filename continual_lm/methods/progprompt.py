@@ -103,7 +103,7 @@ class ProgPrompt(Method):
     def generate(self, model, batch, max_new_tokens):
         # Every input gets the full progression: no task id is read.
         input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
-        kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
+        kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, synced_gpus=False)
         if self.prompts.num_prompts == 0:  # before the first task (zero-shot evaluation of unseen tasks)
             return model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         return prompt_generate(model, input_ids, attention_mask, self.prompts.progression(), **kwargs)

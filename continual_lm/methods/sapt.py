@@ -374,7 +374,7 @@ class SAPTLoRA(SAPT, LoRAMethod):
 
     def generate_with(self, model, input_ids, attention_mask, weights, **generate_kwargs):
         self.mixer.weights = weights
-        return model.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
+        return model.generate(input_ids=input_ids, attention_mask=attention_mask, synced_gpus=False, **generate_kwargs)
 
 
 class SAPTPrompt(SAPT):

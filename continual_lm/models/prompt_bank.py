@@ -108,7 +108,7 @@ def prompt_generate(model: nn.Module, input_ids: torch.Tensor, attention_mask: t
     models the input ids followed by the new tokens (generate on ``inputs_embeds`` alone returns only the new
     tokens), for seq2seq models the decoder output."""
     inputs = prepend_prompt(model, input_ids, attention_mask, prompt)
-    output = model.generate(**inputs, **generate_kwargs)
+    output = model.generate(**inputs, **{"synced_gpus": False, **generate_kwargs})
     if is_seq2seq_model(model):
         return output
     return torch.cat([input_ids, output], dim=1)

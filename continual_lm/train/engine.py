@@ -22,7 +22,6 @@ training of a phase is wrapped:
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -143,21 +142,20 @@ def start_training(accelerator, model: nn.Module, loader, make_optimizer: Callab
     work = copy.deepcopy(model) if shards_parameters(accelerator) else model
     params = [p for p in work.parameters() if p.requires_grad]
     optimizer = make_optimizer(params)
-    if kind == "DEEPSPEED":
-        scheduler = make_scheduler(optimizer, math.ceil(len(loader) / accelerator.num_processes))
-        wrapped, optimizer, loader, scheduler = accelerator.prepare(work, optimizer, loader, scheduler)
-        return PhaseTraining(wrapped, optimizer, loader, scheduler, params, steps_in_backward=True,
-                             copy=work if work is not model else None)
-    if kind == "FSDP":  # FSDP2 shards the copy in place and swaps the optimizer's parameters for the shards
+    if kind == "DEEPSPEED":  # one engine per phase, from the model (ZeRO-1/2) or its copy (ZeRO-3) and optimizer
+        wrapped, optimizer, loader = accelerator.prepare(work, optimizer, loader)
+    elif kind == "FSDP":  # FSDP2 shards the copy in place and swaps the optimizer's parameters for the shards
         wrapped, optimizer, loader = accelerator.prepare(work, optimizer, loader)
         params = [p for p in wrapped.parameters() if p.requires_grad]
-        copy_ = wrapped
     else:
         wrapped = accelerator.prepare_model(model) if kind != "NO" else model
         optimizer, loader = accelerator.prepare(optimizer, loader)
-        copy_ = None
+    # The scheduler is made here and not prepared: accelerate's wrapper would step it once per process and per
+    # call (its schedule counts unsharded batches), and DeepSpeed steps only its own scheduler types. The loop
+    # steps it once per optimizer step over the per-process batches.
     scheduler = make_scheduler(optimizer, len(loader))
-    return PhaseTraining(wrapped, optimizer, loader, scheduler, params, steps_in_backward=False, copy=copy_)
+    return PhaseTraining(wrapped, optimizer, loader, scheduler, params, steps_in_backward=kind == "DEEPSPEED",
+                         copy=work if work is not model else None)
 
 
 def end_training(accelerator, model: nn.Module, training: PhaseTraining) -> None:
@@ -169,8 +167,35 @@ def end_training(accelerator, model: nn.Module, training: PhaseTraining) -> None
         with torch.no_grad():
             for name, value in trained.items():
                 targets[name].copy_(value.to(targets[name].dtype))
+        del trained
+    if accelerator.distributed_type.name == "DEEPSPEED":
+        _release_deepspeed_engine(training.model)
     accelerator.free_memory()
     training.model = training.optimizer = training.loader = training.scheduler = training.copy = None
+
+
+def _release_deepspeed_engine(engine) -> None:
+    """What ``engine.destroy()`` (called by ``free_memory``) leaves behind (DeepSpeed 0.19): its forward hooks on
+    the module, which would run in every later forward of the model and keep the engine with its optimizer states
+    alive; and, under ZeRO-3, the module in a module-level stack and in an unbounded ``lru_cache`` of the parameter
+    coordinator. Without this every phase would leave an engine behind (tests/test_engines.py counts them)."""
+    for name in ("module_forward_pre_hook", "module_forward_post_hook"):
+        hook = getattr(engine, name, None)
+        if hook is not None:
+            hook.remove()
+            setattr(engine, name, None)
+    try:
+        from deepspeed.runtime.zero import parameter_offload
+    except ImportError:
+        return
+    stack = getattr(parameter_offload, "FWD_MODULE_STACK", None)
+    if isinstance(stack, list):
+        stack[:] = [m for m in stack if m is not engine.module]
+    from deepspeed.runtime.zero.partitioned_param_coordinator import PartitionedParameterCoordinator
+
+    cached = getattr(PartitionedParameterCoordinator, "_PartitionedParameterCoordinator__params_to_release", None)
+    for cell in getattr(cached, "__closure__", None) or ():  # the lru_cache inside DeepSpeed's nvtx wrapper
+        getattr(cell.cell_contents, "cache_clear", lambda: None)()
 
 
 def _gathered_trainable(accelerator, work: nn.Module) -> dict[str, torch.Tensor]:

@@ -23,6 +23,10 @@ def _init(self, *args, deepspeed_plugin=None, fsdp_plugin=None, **kwargs):
         deepspeed_plugin.select(_from_accelerator_state=True)
         self.deepspeed_plugins = deepspeed_plugin
         self._mixed_precision = "no"  # DeepSpeed casts the model itself (its bf16/fp16 section)
+        # ZeRO-3 keeps parameters under 1e5 values whole by default: every one of a tiny test model. Partition all.
+        zero = deepspeed_plugin.deepspeed_config.setdefault("zero_optimization", {})
+        if zero.get("stage") == 3:
+            zero["stage3_param_persistence_threshold"] = 0
     elif fsdp_plugin is not None:
         self.distributed_type = DistributedType.FSDP
         accelerate.state.PartialState._shared_state["distributed_type"] = DistributedType.FSDP
