@@ -29,8 +29,8 @@ import torch
 from torch import nn
 
 from ..errors import ContinualLMError
-from ..models.backbone import parse_dtype
 from ..methods.base import Method
+from ..models.backbone import parse_dtype
 
 
 @dataclass
