@@ -181,6 +181,12 @@ class Method:
         return 3e-2 if self.soft_prompt_tuning else 1e-3
 
 
+def overrides(cls: type[Method], hook: str) -> bool:
+    """Whether a method class defines its own ``hook`` instead of Method's (what engines and continual
+    pre-training can accept follows from it)."""
+    return getattr(cls, hook) is not getattr(Method, hook)
+
+
 def build_options(options_cls: type, method_name: str, method_options: dict[str, dict[str, Any]]):
     """The method's Options dataclass from ``method_options[method_name]``, with clear errors."""
     given = dict(method_options.get(method_name) or {})

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from ..config import RunConfig
 from ..data.tasks import CORPUS, Task
 from ..errors import ContinualLMError
-from ..methods.base import Method
+from ..methods.base import Method, overrides
 
 if TYPE_CHECKING:
     from .loop import Stream
@@ -19,7 +19,7 @@ def applies_to_corpus_tasks(cls: type[Method]) -> bool:
     copy of the model's body, would not see)."""
     if cls.supports_corpus_tasks is not None:
         return cls.supports_corpus_tasks
-    return cls.forward is Method.forward and cls.generate is Method.generate
+    return not overrides(cls, "forward") and not overrides(cls, "generate")
 
 
 def check_corpus_method(method: Method, tasks: list[Task]) -> None:

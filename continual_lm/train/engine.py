@@ -6,9 +6,9 @@ Between phases the model is always a plain module with whole parameters on every
 training of a phase is wrapped:
 
 * one process, DDP: trained in place; DDP wraps the model for the phase (``accelerator.prepare_model``).
-* DeepSpeed ZeRO-1/2: trained in place inside a DeepSpeed engine built for the phase with its optimizer, data
-  loader and scheduler (optimizer states and gradients are partitioned, parameters stay whole). The engine steps
-  the optimizer, the scheduler and clips gradients inside ``accelerator.backward``, so a method that edits
+* DeepSpeed ZeRO-1/2: trained in place inside a DeepSpeed engine built for the phase with its optimizer and data
+  loader (optimizer states and gradients are partitioned, parameters stay whole). The engine clips
+  gradients and steps the optimizer inside ``accelerator.backward``, so a method that edits
   gradients between backward and step (``after_backward``: MIGU) is refused. ``free_memory`` destroys the engine,
   which removes its gradient hooks from the parameters.
 * DeepSpeed ZeRO-3, FSDP2: these partition the parameters themselves, and neither can be undone in place nor
@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..errors import ContinualLMError
-from ..methods.base import Method
+from ..methods.base import Method, overrides
 from ..models.backbone import parse_dtype
 
 
@@ -40,9 +40,8 @@ class PhaseTraining:
     model: nn.Module  # the module the training forward runs through (a DDP/DeepSpeed wrapper, or the model)
     optimizer: Any
     loader: Any
-    scheduler: Any
     params: list[nn.Parameter]  # the parameters being trained (what gradient clipping sees)
-    steps_in_backward: bool  # DeepSpeed: optimizer step, scheduler step and clipping happen in accelerator.backward
+    steps_in_backward: bool  # DeepSpeed: clipping and the optimizer step happen in accelerator.backward
     copy: nn.Module | None = None  # ZeRO-3/FSDP2: the partitioned copy being trained (gathered back at the end)
 
 
@@ -68,7 +67,7 @@ def _parts(method: Method) -> list[Method]:
 
 def edits_gradients(method: Method) -> list[str]:
     """Names of the method's parts that change gradients between backward and the optimizer step."""
-    return [p.name for p in _parts(method) if type(p).after_backward is not Method.after_backward]
+    return [p.name for p in _parts(method) if overrides(type(p), "after_backward")]
 
 
 def shards_parameters(accelerator) -> bool:
@@ -79,7 +78,7 @@ def shards_parameters(accelerator) -> bool:
 def hooks_outside_forward(method: Method) -> list[str]:
     """``part.hook`` for each training hook a part of the method defines besides the model's own forward."""
     hooks = ("forward", "extra_loss", "before_forward", "after_backward")
-    return [f"{p.name}.{h}" for p in _parts(method) for h in hooks if getattr(type(p), h) is not getattr(Method, h)]
+    return [f"{p.name}.{h}" for p in _parts(method) for h in hooks if overrides(type(p), h)]
 
 
 def check_engine(accelerator, method: Method, config) -> None:
@@ -123,38 +122,30 @@ def _agree_with_deepspeed(accelerator, config) -> None:
             raise ContinualLMError(f"the DeepSpeed config sets {key} = {given} but {options[key]} is {value}; make "
                                    f"them agree or set {key} to auto in the DeepSpeed config")
     ds["train_batch_size"] = config.batch_size * config.grad_accum * accelerator.num_processes
-    accelerator.gradient_accumulation_steps = config.grad_accum
     half = next((k for k in ("bf16", "fp16") if ds.get(k, {}).get("enabled") is True), None)
     stage = ds.get("zero_optimization", {}).get("stage", 0)
-    if half and stage < 3 and parse_dtype(config.dtype) != {"bf16": torch.bfloat16, "fp16": torch.float16}[half]:
-        wanted_dtype = {"bf16": "bfloat16", "fp16": "float16"}[half]
+    wanted_dtype = {"bf16": "bfloat16", "fp16": "float16"}.get(half)
+    if half and stage < 3 and parse_dtype(config.dtype) != parse_dtype(wanted_dtype):
         raise ContinualLMError(
             f"DeepSpeed ZeRO-{stage} with {half} casts the model to {wanted_dtype} in place (it keeps float32 master "
             f"weights in its optimizer); load the model so with --dtype {wanted_dtype}, or a resumed run would "
             f"evaluate different weights than an uninterrupted one")
 
 
-def start_training(accelerator, model: nn.Module, loader, make_optimizer: Callable[[list], Any],
-                   make_scheduler: Callable[[Any, int], Any]) -> PhaseTraining:
-    """Wrap ``model`` (or, when the engine partitions parameters, a copy of it) and its data loader for one
-    phase. ``make_scheduler(optimizer, batches_per_process)``."""
+def start_training(accelerator, model: nn.Module, loader, make_optimizer: Callable[[list], Any]) -> PhaseTraining:
+    """Wrap ``model`` (or, when the engine partitions parameters, a copy of it), the optimizer that
+    ``make_optimizer(params)`` builds over its trainable parameters, and the data loader for one phase."""
     kind = accelerator.distributed_type.name
     work = copy.deepcopy(model) if shards_parameters(accelerator) else model
-    params = [p for p in work.parameters() if p.requires_grad]
-    optimizer = make_optimizer(params)
-    if kind == "DEEPSPEED":  # one engine per phase, from the model (ZeRO-1/2) or its copy (ZeRO-3) and optimizer
+    optimizer = make_optimizer([p for p in work.parameters() if p.requires_grad])
+    if kind in ("DEEPSPEED", "FSDP"):  # one engine per phase, built from the model (or its copy) and the optimizer
         wrapped, optimizer, loader = accelerator.prepare(work, optimizer, loader)
-    elif kind == "FSDP":  # FSDP2 shards the copy in place and swaps the optimizer's parameters for the shards
-        wrapped, optimizer, loader = accelerator.prepare(work, optimizer, loader)
-        params = [p for p in wrapped.parameters() if p.requires_grad]
     else:
         wrapped = accelerator.prepare_model(model) if kind != "NO" else model
         optimizer, loader = accelerator.prepare(optimizer, loader)
-    # The scheduler is made here and not prepared: accelerate's wrapper would step it once per process and per
-    # call (its schedule counts unsharded batches), and DeepSpeed steps only its own scheduler types. The loop
-    # steps it once per optimizer step over the per-process batches.
-    scheduler = make_scheduler(optimizer, len(loader))
-    return PhaseTraining(wrapped, optimizer, loader, scheduler, params, steps_in_backward=kind == "DEEPSPEED",
+    # FSDP2 shards the copy in place and gives the optimizer the shards: read the trained parameters after prepare
+    params = [p for p in wrapped.parameters() if p.requires_grad]
+    return PhaseTraining(wrapped, optimizer, loader, params, steps_in_backward=kind == "DEEPSPEED",
                          copy=work if work is not model else None)
 
 
@@ -171,7 +162,7 @@ def end_training(accelerator, model: nn.Module, training: PhaseTraining) -> None
     if accelerator.distributed_type.name == "DEEPSPEED":
         _release_deepspeed_engine(training.model)
     accelerator.free_memory()
-    training.model = training.optimizer = training.loader = training.scheduler = training.copy = None
+    training.model = training.optimizer = training.loader = training.copy = None
 
 
 def _release_deepspeed_engine(engine) -> None:
@@ -184,15 +175,12 @@ def _release_deepspeed_engine(engine) -> None:
         if hook is not None:
             hook.remove()
             setattr(engine, name, None)
-    try:
-        from deepspeed.runtime.zero import parameter_offload
-    except ImportError:
-        return
+    from deepspeed.runtime.zero import parameter_offload
+    from deepspeed.runtime.zero.partitioned_param_coordinator import PartitionedParameterCoordinator
+
     stack = getattr(parameter_offload, "FWD_MODULE_STACK", None)
     if isinstance(stack, list):
         stack[:] = [m for m in stack if m is not engine.module]
-    from deepspeed.runtime.zero.partitioned_param_coordinator import PartitionedParameterCoordinator
-
     cached = getattr(PartitionedParameterCoordinator, "_PartitionedParameterCoordinator__params_to_release", None)
     for cell in getattr(cached, "__closure__", None) or ():  # the lru_cache inside DeepSpeed's nvtx wrapper
         getattr(cell.cell_contents, "cache_clear", lambda: None)()

@@ -175,19 +175,16 @@ class ContinualRunner:
         self.collator.mlm_generator.manual_seed(self.phase_seed(config.seed, phase.row))  # masked LM positions
         loader = DataLoader(features, batch_size=config.batch_size, shuffle=True, generator=generator,
                             collate_fn=self.collator.train_batch)
-        steps = 0
-
-        def make_scheduler(optimizer, batches_per_process: int):
-            nonlocal steps
-            steps = math.ceil(batches_per_process / config.grad_accum) * config.epochs
-            return get_scheduler(config.scheduler, optimizer, num_warmup_steps=int(config.warmup_ratio * steps),
-                                 num_training_steps=steps)
-
         model.train()  # before start_training: a partitioned copy takes the model's mode
         training = start_training(
-            accelerator, model, loader, make_scheduler=make_scheduler,
+            accelerator, model, loader,
             make_optimizer=lambda params: torch.optim.AdamW(params, lr=self.lr, weight_decay=config.weight_decay))
-        optimizer, scheduler = training.optimizer, training.scheduler
+        optimizer = training.optimizer
+        # Not prepared by accelerate: its wrapper would step the schedule once per process and call, and DeepSpeed
+        # steps only its own scheduler types. Stepped here once per optimizer step over the per-process batches.
+        steps = math.ceil(len(training.loader) / config.grad_accum) * config.epochs
+        scheduler = get_scheduler(config.scheduler, optimizer, num_warmup_steps=int(config.warmup_ratio * steps),
+                                  num_training_steps=steps)
         names = " + ".join(self.tasks[i].name for i in phase.train_tasks)
         bar = tqdm(total=steps, desc=f"train {phase.row + 1}/{len(self.tasks)} {names}"[:60], unit="step",
                    disable=not (config.progress and self.is_main))
@@ -200,7 +197,7 @@ class ContinualRunner:
                     loss = outputs.loss
                     extra = method.extra_loss(model, batch, outputs)
                     total = loss + extra if extra is not None else loss
-                    accelerator.backward(total)  # DeepSpeed: also clips and steps the optimizer and scheduler
+                    accelerator.backward(total)  # DeepSpeed: also clips and steps the optimizer
                     if accelerator.sync_gradients and not training.steps_in_backward:
                         method.after_backward(model)
                         if config.max_grad_norm:
