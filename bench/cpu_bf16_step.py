@@ -9,7 +9,6 @@ Writes bench/cpu_bf16_step.md and .json.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
