@@ -66,9 +66,9 @@ def main() -> None:
              f"LoRA r 8 on the default targets", "",
              "| precision | median s / step |", "| --- | ---: |"]
     lines += [f"| {k} | {v:.2f} |" for k, v in medians.items()]
-    lines += ["", f"bf16 autocast is {ratio:.2f}x faster per step. The small preset's 38 runs take 10-12 h on this "
-              f"machine in float32, so bf16 alone would not bring them to a few hours (and would change every "
-              f"committed number)."]
+    lines += ["", f"bf16 autocast is {ratio:.2f}x faster per step. The small preset's 38 runs take 8-9.5 h on this "
+              f"machine in float32 (README, Cost), so bf16 alone would not bring them to a few hours (and would "
+              f"change every committed number)."]
     atomic_write_text(HERE / "cpu_bf16_step.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 

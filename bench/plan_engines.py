@@ -22,8 +22,8 @@ def main() -> None:
                      gradient_checkpointing=True, engine=e, processes=1 if e == "single" else 8) for e in ENGINES}
     terms = [t for t in dict.fromkeys(k for p in plans.values() for k in p.memory) if t != "total"] + ["total"]
     lines = ["# LLaMA-2-7B full fine-tuning: training memory per process by engine (`continual-lm plan`)", "",
-             "`python bench/plan_engines.py` · seqft, bfloat16, 8 processes (single: 1), batch 1 x 512, gradient "
-             "checkpointing · GiB, an estimate (docs/scaling.md)", "",
+             "`python bench/plan_engines.py` · seqft, bfloat16, 8 processes (single: 1), batch 1 x 512 (answers of 50 "
+             "tokens), gradient checkpointing · GiB, an estimate (docs/scaling.md)", "",
              "| term | " + " | ".join(ENGINES) + " |", "| --- |" + " ---: |" * len(ENGINES)]
     for term in terms:
         cells = [f"{p.memory[term] / 2**30:.2f}" if term in p.memory else "-" for p in plans.values()]

@@ -6,7 +6,9 @@ Each method is set up through its own class exactly as the loop does (setup, the
 earlier tasks of a demo stream, then before_task of the last one), on its own copy of the backbone, and timed on
 the same batches in one process with interleaved repetitions (medians). Peak memory is the peak RSS (VmHWM) of a
 separate process per variant (setup + 3 training steps + one generation), since RSS peaks cannot be told apart inside one
-process. Writes bench/SPEED.md and bench/speed.json.
+process. The peer computes its loss like every method (``models.lm_forward``: the answer positions' logits, passed
+through peft to its base model), so seqlora/peer compares the two LoRA implementations alone. Writes bench/SPEED.md
+and bench/speed.json.
 """
 from __future__ import annotations
 
@@ -63,7 +65,7 @@ class Variant:
             self.model = get_peft_model(self.model, LoraConfig(r=lora.r, lora_alpha=lora.alpha,
                                                                lora_dropout=lora.dropout,
                                                                target_modules=default_lora_targets(self.model)))
-            self.method = build_method(config)  # only its plain forward/generate are used
+            self.method = build_method(config)  # only its plain forward (lm_forward, through peft too)/generate
         else:
             self.method = build_method(config)
             config.lr = self.method.default_lr()  # as the loop resolves it (SAPT's generator reads it)

@@ -11,10 +11,13 @@ of a real run of any method. Memory per process (no sharding; bytes per value b 
                    a rough upper bound: SDPA/flash attention drop the 5*A*S/H term); with gradient checkpointing
                    = L * B * S * H * b + one layer's term above      (each layer's input is kept, one layer is
                    recomputed at a time)
-    logits       = 2 * B * S * V * 4                float32 logits and their gradient for the loss
+    logits       = 2 * B * K * V * 4                float32 logits and their gradient for the loss, at the K positions
+                   the loss reads (models/lm_forward.py): K = T answer tokens for seq2seq models, at most
+                   min(S, B * T) (the union of the batch's answer positions) for causal LMs, S for models
+                   without ``logits_to_keep``
 
-with L layers (encoder + decoder for seq2seq), hidden size H, A attention heads, vocabulary V, batch B and
-sequence length S. Buffers, the CUDA context, allocator fragmentation and evaluation are not counted.
+with L layers (encoder + decoder for seq2seq), hidden size H, A attention heads, vocabulary V, batch B,
+sequence length S and answer length T. Buffers, the CUDA context, allocator fragmentation and evaluation are not counted.
 
 With ``engine`` and N ``processes`` (train/engine.py): DeepSpeed ZeRO-2 divides gradients and optimizer states by
 N and keeps them in float32 (AdamW states 8 bytes, plus 4-byte master weights when the model is bf16/fp16);
@@ -97,8 +100,8 @@ def activation_bytes(config, batch_size: int, seq_len: int, dtype: str, gradient
 
 
 def plan(model: str, method: str, tasks: int, *, lora_r: int | None = None, lora_targets: list[str] | None = None,
-         batch_size: int = 8, seq_len: int = 512, dtype: str = "float32", gradient_checkpointing: bool = False,
-         method_options: dict | None = None, trust_remote_code: bool = False, engine: str = "single",
+         batch_size: int = 8, seq_len: int = 512, target_len: int = 50, dtype: str = "float32",
+         gradient_checkpointing: bool = False, method_options: dict | None = None, trust_remote_code: bool = False, engine: str = "single",
          processes: int = 1) -> Plan:
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
@@ -114,7 +117,8 @@ def plan(model: str, method: str, tasks: int, *, lora_r: int | None = None, lora
         raise ContinualLMError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     if engine == "single" and processes != 1:
         raise ContinualLMError(f"--engine single runs 1 process, not --processes {processes}")
-    for name, value in (("--batch-size", batch_size), ("--seq-len", seq_len), ("--processes", processes)):
+    for name, value in (("--batch-size", batch_size), ("--seq-len", seq_len), ("--target-len", target_len),
+                        ("--processes", processes)):
         if not isinstance(value, int) or value <= 0:
             raise ContinualLMError(f"{name} must be a positive integer, got {value!r}")
     lora = LoRAConfig(targets=lora_targets) if lora_r is None else LoRAConfig(r=lora_r, targets=lora_targets)
@@ -145,9 +149,18 @@ def plan(model: str, method: str, tasks: int, *, lora_r: int | None = None, lora
     _, _, _, vocab = _dims(model_config)
     memory = {"weights": total * b, **_training_state_bytes(engine, processes, total, most, b),
               "activations": activation_bytes(model_config, batch_size, seq_len, dtype, gradient_checkpointing),
-              "logits": 2 * batch_size * seq_len * vocab * 4}
+              "logits": 2 * batch_size * logit_positions(net, batch_size, seq_len, target_len) * vocab * 4}
     memory["total"] = sum(memory.values())
     return Plan(model, method, tasks, dtype, frozen, total, trainable, checkpoint, memory, engine, processes)
+
+
+def logit_positions(net, batch_size: int, seq_len: int, target_len: int) -> int:
+    """Positions per example whose logits the training loss computes (module docstring, "logits")."""
+    from .models.lm_forward import _keeps_logits
+
+    if getattr(net.config, "is_encoder_decoder", False):
+        return min(seq_len, target_len)
+    return min(seq_len, batch_size * target_len) if _keeps_logits(type(net)) else seq_len
 
 
 def _training_state_bytes(engine: str, n: int, total: int, most: int, b: int) -> dict[str, int]:
@@ -200,6 +213,8 @@ def add_plan_arguments(parser) -> None:
     parser.add_argument("--lora-targets", nargs="+", default=None, help="module-name suffixes (default: q and v)")
     parser.add_argument("--batch-size", type=int, default=8, help="per-process training batch size")
     parser.add_argument("--seq-len", type=int, default=512, help="tokens per training example (padded length)")
+    parser.add_argument("--target-len", type=int, default=50,
+                        help="answer tokens per example (run's --max-target-length; the loss's logits)")
     parser.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 weights")
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--engine", default="single", help=f"{' | '.join(ENGINES)} (the memory estimate per process)")
@@ -217,7 +232,7 @@ def cmd_plan(args) -> int:
         model = str(Path(model).parent)  # a config.json path: its folder is what the loaders read
     targets = [t for item in args.lora_targets for t in item.split(",") if t] if args.lora_targets else None
     result = plan(model, args.method, args.tasks, lora_r=args.lora_r, lora_targets=targets,
-                  batch_size=args.batch_size, seq_len=args.seq_len, dtype=args.dtype,
+                  batch_size=args.batch_size, seq_len=args.seq_len, target_len=args.target_len, dtype=args.dtype,
                   gradient_checkpointing=args.gradient_checkpointing, trust_remote_code=args.trust_remote_code,
                   engine=args.engine, processes=args.processes)
     print(json.dumps(result.to_dict(), indent=1) if args.json else format_plan(result, args.batch_size, args.seq_len))

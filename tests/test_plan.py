@@ -70,7 +70,11 @@ def test_memory_estimate_follows_the_documented_formula():
     assert result.memory["gradients"] == trained * b and result.memory["optimizer"] == 2 * trained * b
     per_layer = 4 * 256 * 4096 * (34 + 5 * 32 * 256 / 4096) * b / 2
     assert result.memory["activations"] == int(32 * per_layer)
-    assert result.memory["logits"] == 2 * 4 * 256 * 32000 * 4
+    # the loss's logits: the union of the batch's answer positions, at most 4 rows x 50 answer tokens of 256
+    assert result.memory["logits"] == 2 * 4 * (4 * 50) * 32000 * 4
+    assert plan("llama-2-7b", "inclora", 2, batch_size=4, seq_len=256, target_len=100).memory["logits"] == \
+        2 * 4 * 256 * 32000 * 4
+    assert plan("t5-large", "inclora", 2, batch_size=4, seq_len=256).memory["logits"] == 2 * 4 * 50 * 32128 * 4
     assert result.memory["total"] == sum(v for k, v in result.memory.items() if k != "total")
     checkpointed = activation_bytes(config, 4, 256, "bfloat16", gradient_checkpointing=True)
     assert checkpointed == int(32 * 4 * 256 * 4096 * b + per_layer) < result.memory["activations"]

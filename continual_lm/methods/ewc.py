@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..models.lm_forward import lm_forward
 from .option_checks import check_fields
 from .base import Method, TrainExample
 
@@ -59,7 +60,7 @@ class EWC(Method):
     @staticmethod
     def target_log_likelihood(model, batch) -> torch.Tensor:
         """log p(target | prompt) of a one-sample batch: minus the mean token loss times the target length."""
-        outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+        outputs = lm_forward(model, batch["labels"], input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         num_target_tokens = (batch["labels"] != -100).sum()
         return -outputs.loss * num_target_tokens
 

@@ -93,7 +93,7 @@ class LFPT5(Method):
         return mixed
 
     def forward(self, model, batch):
-        return prompt_forward(model, batch, self.prompt)
+        return prompt_forward(model, batch, self.prompt, all_logits=True)  # kl_loss reads the answer positions
 
     def generate(self, model, batch, max_new_tokens):
         return prompt_generate(model, batch["input_ids"], batch["attention_mask"], self.prompt,
@@ -133,7 +133,7 @@ class LFPT5(Method):
         """Mean over answer tokens of KL(previous prompt's next-token distribution || current one), on ``rows``."""
         sub = {k: batch[k][rows] for k in ("input_ids", "attention_mask", "labels")}
         with torch.no_grad():
-            previous = prompt_forward(model, sub, self.teacher).logits
+            previous = prompt_forward(model, sub, self.teacher, all_logits=True).logits
         positions = self.answer_positions(sub["labels"])
         current = logits[rows][positions].float()
         previous = previous[positions].float()

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-IGNORE_INDEX = -100
+from .lm_forward import IGNORE_INDEX, is_seq2seq_model, lm_forward, unwrapped
 
 
 class PromptBank(nn.Module):
@@ -67,21 +67,10 @@ class PromptBank(nn.Module):
         return picked.flatten(1, 2)
 
 
-def is_seq2seq_model(model: nn.Module) -> bool:
-    return bool(getattr(_unwrapped(model).config, "is_encoder_decoder", False))
-
-
-def _unwrapped(model: nn.Module) -> nn.Module:
-    """The Hugging Face model inside a training wrapper (DDP, DeepSpeed engine) of the phase."""
-    from accelerate.utils import extract_model_from_parallel
-
-    return extract_model_from_parallel(model)
-
-
 def prepend_prompt(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt: torch.Tensor,
                    labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Model keyword arguments with ``prompt`` ([L, H] or [B, L, H]) in front of the embedded ``input_ids``."""
-    embeds = _unwrapped(model).get_input_embeddings()(input_ids)
+    embeds = unwrapped(model).get_input_embeddings()(input_ids)
     batch = input_ids.shape[0]
     if prompt.dim() == 2:
         prompt = prompt.unsqueeze(0).expand(batch, -1, -1)
@@ -97,9 +86,11 @@ def prepend_prompt(model: nn.Module, input_ids: torch.Tensor, attention_mask: to
     return inputs
 
 
-def prompt_forward(model: nn.Module, batch: dict[str, torch.Tensor], prompt: torch.Tensor):
-    """The training forward of a batch (input_ids, attention_mask, labels) with the prompt prepended."""
-    return model(**prepend_prompt(model, batch["input_ids"], batch["attention_mask"], prompt, batch.get("labels")))
+def prompt_forward(model: nn.Module, batch: dict[str, torch.Tensor], prompt: torch.Tensor, all_logits: bool = False):
+    """The training forward of a batch (input_ids, attention_mask, labels) with the prompt prepended (``lm_forward``:
+    logits of the answer positions unless ``all_logits``)."""
+    inputs = prepend_prompt(model, batch["input_ids"], batch["attention_mask"], prompt, batch["labels"])
+    return lm_forward(model, inputs.pop("labels"), all_logits=all_logits, **inputs)
 
 
 def prompt_generate(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt: torch.Tensor,
