@@ -31,7 +31,7 @@ from continual_lm.data.collate import Collator  # noqa: E402
 from continual_lm.io_utils import atomic_write_json, atomic_write_text  # noqa: E402
 from continual_lm.models.backbone import default_lora_targets, load_backbone  # noqa: E402
 from continual_lm.models.inject import inject_lora_banks  # noqa: E402
-from continual_lm.models.lm_forward import answer_columns, lm_forward  # noqa: E402
+from continual_lm.models.lm_forward import answer_columns, batch_forward  # noqa: E402
 from continual_lm.train.loop import load_stream_for  # noqa: E402
 from reproduce import PRESETS  # noqa: E402
 from speed import peak_rss_mib  # noqa: E402
@@ -65,11 +65,10 @@ def step(model, optimizer, batch, loss: str, seed: int) -> tuple[float, dict]:
     """One optimizer step; returns its seconds and the LoRA gradients (dropout seeded by ``seed``)."""
     torch.manual_seed(seed)
     start = time.perf_counter()
-    inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     if loss == LOSSES[0]:
-        outputs = model(**inputs, labels=batch["labels"])
+        outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
     else:
-        outputs = lm_forward(model, batch["labels"], **inputs)
+        outputs = batch_forward(model, batch)
     outputs.loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     optimizer.step()

@@ -17,7 +17,8 @@ of a real run of any method. Memory per process (no sharding; bytes per value b 
                    without ``logits_to_keep``
 
 with L layers (encoder + decoder for seq2seq), hidden size H, A attention heads, vocabulary V, batch B,
-sequence length S and answer length T. Buffers, the CUDA context, allocator fragmentation and evaluation are not counted.
+sequence length S and answer length T. Buffers, the CUDA context, allocator fragmentation and evaluation are not
+counted.
 
 With ``engine`` and N ``processes`` (train/engine.py): DeepSpeed ZeRO-2 divides gradients and optimizer states by
 N and keeps them in float32 (AdamW states 8 bytes, plus 4-byte master weights when the model is bf16/fp16);
@@ -101,8 +102,8 @@ def activation_bytes(config, batch_size: int, seq_len: int, dtype: str, gradient
 
 def plan(model: str, method: str, tasks: int, *, lora_r: int | None = None, lora_targets: list[str] | None = None,
          batch_size: int = 8, seq_len: int = 512, target_len: int = 50, dtype: str = "float32",
-         gradient_checkpointing: bool = False, method_options: dict | None = None, trust_remote_code: bool = False, engine: str = "single",
-         processes: int = 1) -> Plan:
+         gradient_checkpointing: bool = False, method_options: dict | None = None, trust_remote_code: bool = False,
+         engine: str = "single", processes: int = 1) -> Plan:
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     from .config import LoRAConfig, RunConfig
@@ -156,11 +157,11 @@ def plan(model: str, method: str, tasks: int, *, lora_r: int | None = None, lora
 
 def logit_positions(net, batch_size: int, seq_len: int, target_len: int) -> int:
     """Positions per example whose logits the training loss computes (module docstring, "logits")."""
-    from .models.lm_forward import _keeps_logits
+    from .models.lm_forward import keeps_answer_logits
 
     if getattr(net.config, "is_encoder_decoder", False):
         return min(seq_len, target_len)
-    return min(seq_len, batch_size * target_len) if _keeps_logits(type(net)) else seq_len
+    return min(seq_len, batch_size * target_len) if keeps_answer_logits(type(net)) else seq_len
 
 
 def _training_state_bytes(engine: str, n: int, total: int, most: int, b: int) -> dict[str, int]:

@@ -118,7 +118,7 @@ def test_a_run_trains_the_same_weights_as_with_the_full_logits_loss(tmp_path, mo
         return records
 
     kept = trained("kept")
-    monkeypatch.setattr(module, "_keeps_logits", lambda model_class: False)
+    monkeypatch.setattr(module, "keeps_answer_logits", lambda model_class: False)
     full = trained("full")
     assert len(kept) == len(full) == 5
     for after_kept, after_full in zip(kept, full):

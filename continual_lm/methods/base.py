@@ -35,7 +35,7 @@ from ..config import RunConfig
 from ..data.tasks import Example, Task
 from ..errors import ContinualLMError, unknown_choice
 from ..models.inject import find_lora_banks, inject_lora_banks
-from ..models.lm_forward import lm_forward
+from ..models.lm_forward import batch_forward
 
 
 @dataclass(frozen=True)
@@ -132,7 +132,7 @@ class Method:
 
     def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]):
         """The loss of a training batch (and the answer positions' logits: ``models.lm_forward``)."""
-        return lm_forward(model, batch["labels"], input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        return batch_forward(model, batch)
 
     def extra_loss(self, model: nn.Module, batch: dict[str, torch.Tensor], outputs) -> torch.Tensor | None:
         return None

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..models.lm_forward import lm_forward
+from ..models.lm_forward import batch_forward
 from .option_checks import check_fields
 from .base import Method, TrainExample
 
@@ -60,7 +60,7 @@ class EWC(Method):
     @staticmethod
     def target_log_likelihood(model, batch) -> torch.Tensor:
         """log p(target | prompt) of a one-sample batch: minus the mean token loss times the target length."""
-        outputs = lm_forward(model, batch["labels"], input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        outputs = batch_forward(model, batch)
         num_target_tokens = (batch["labels"] != -100).sum()
         return -outputs.loss * num_target_tokens
 

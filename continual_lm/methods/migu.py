@@ -22,13 +22,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..data.collate import IGNORE_INDEX
 from ..errors import ContinualLMError
 from ..models.inject import _matches, find_lora_banks
 from ..models.lora_bank import LoRABank
 from .option_checks import check_fields
 from .base import Method
 
-IGNORE_INDEX = -100
 # decoder modules that read encoder tokens (cross-attention keys/values of T5 / BART-like models)
 _CROSS_ATTENTION_KV = re.compile(r".*(EncDecAttention\.[kv]|encoder_attn\.[kv]_proj|crossattention\..*\.(key|value))$")
 

@@ -26,7 +26,7 @@ from ..data.collate import IGNORE_INDEX, Encoded
 from ..data.tasks import Example
 from ..eval.report import plot_fraction_heatmap
 from ..io_utils import atomic_write_json
-from ..models.lm_forward import lm_forward
+from ..models.lm_forward import batch_forward
 from ..models.prompt_bank import PromptBank, prompt_forward, prompt_generate
 from .option_checks import check_choice, check_fields
 from .base import LoRAMethod, Method, TrainExample
@@ -371,7 +371,7 @@ class SAPTLoRA(SAPT, LoRAMethod):
 
     def run_blocks(self, model, batch, weights):
         self.mixer.weights = weights
-        return lm_forward(model, batch["labels"], input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        return batch_forward(model, batch)
 
     def generate_with(self, model, input_ids, attention_mask, weights, **generate_kwargs):
         self.mixer.weights = weights

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-IGNORE_INDEX = -100
+from ..data.collate import IGNORE_INDEX
 
 
 def unwrapped(model: nn.Module) -> nn.Module:
@@ -34,7 +34,7 @@ def is_seq2seq_model(model: nn.Module) -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-def _keeps_logits(model_class: type) -> bool:
+def keeps_answer_logits(model_class: type) -> bool:
     """A causal LM (generates; masked LMs do not) whose forward takes ``logits_to_keep``."""
     generates = getattr(model_class, "can_generate", lambda: False)()
     return generates and "logits_to_keep" in inspect.signature(model_class.forward).parameters
@@ -51,12 +51,18 @@ def lm_forward(model: nn.Module, labels: torch.Tensor | None, all_logits: bool =
     inner = unwrapped(model)
     if hasattr(inner, "get_base_model"):  # a peft model passes logits_to_keep on to its base model
         inner = inner.get_base_model()
-    if labels is None or all_logits or inner.config.is_encoder_decoder or not _keeps_logits(type(inner)):
+    if labels is None or all_logits or inner.config.is_encoder_decoder or not keeps_answer_logits(type(inner)):
         return model(**inputs, labels=labels)
     columns = answer_columns(labels)
     if columns.numel() == 0:
         return model(**inputs, labels=labels)
     outputs = model(**inputs, logits_to_keep=columns)
     targets = labels[:, 1:][:, columns]
-    outputs["loss"] = F.cross_entropy(outputs.logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
+    logits = outputs.logits.float().flatten(0, 1)
+    outputs["loss"] = F.cross_entropy(logits, targets.flatten(), ignore_index=IGNORE_INDEX)
     return outputs
+
+
+def batch_forward(model: nn.Module, batch: dict[str, torch.Tensor]):
+    """``lm_forward`` of a training batch (input_ids, attention_mask, labels)."""
+    return lm_forward(model, batch["labels"], input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])

@@ -18,7 +18,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .lm_forward import IGNORE_INDEX, is_seq2seq_model, lm_forward, unwrapped
+from ..data.collate import IGNORE_INDEX
+from .lm_forward import is_seq2seq_model, lm_forward, unwrapped
 
 
 class PromptBank(nn.Module):
