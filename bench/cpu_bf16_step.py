@@ -1,5 +1,5 @@
-"""Is bf16 autocast a way to make the small preset fit "a few hours" on this CPU? One LoRA training step of
-smollm2-135m (the small preset's shape: batch 8 x 128 tokens, LoRA r 8 on the default targets) in float32 and under
+"""Is bf16 autocast a way to make the base preset (then named small) fit "a few hours" on this CPU? One LoRA training step of
+smollm2-135m (the base preset's shape: batch 8 x 128 tokens, LoRA r 8 on the default targets) in float32 and under
 ``torch.autocast("cpu", bfloat16)``, interleaved, median of --repeats steps each after a warm-up.
 
     python bench/cpu_bf16_step.py [--repeats 5] [--threads 2]
@@ -66,7 +66,7 @@ def main() -> None:
              f"LoRA r 8 on the default targets", "",
              "| precision | median s / step |", "| --- | ---: |"]
     lines += [f"| {k} | {v:.2f} |" for k, v in medians.items()]
-    lines += ["", f"bf16 autocast is {ratio:.2f}x faster per step. The small preset's 38 runs take 8-9.5 h on this "
+    lines += ["", f"bf16 autocast is {ratio:.2f}x faster per step. The base preset's 38 runs take 8-9.5 h on this "
               f"machine in float32 (README, Cost), so bf16 alone would not bring them to a few hours (and would "
               f"change every committed number)."]
     atomic_write_text(HERE / "cpu_bf16_step.md", "\n".join(lines) + "\n")

@@ -1,9 +1,9 @@
 """The loss over the answer positions only (``continual_lm.models.lm_forward``) against the model's own loss over
-every position's logits: one LoRA training step of smollm2-135m on the small preset's real batches.
+every position's logits: one LoRA training step of smollm2-135m on the base preset's real batches.
 
     python bench/lm_forward.py [--repeats 5] [--threads 2] [--data-dir ../shared/data]
 
-For each benchmark of ``bench/reproduce.py --preset small`` (standard order 1, SuperNI order 1), the first training
+For each benchmark of ``bench/reproduce.py --preset base`` (standard order 1, SuperNI order 1), the first training
 batch of each of the first --tasks tasks, built by the run's own collator with the preset's settings. Both losses
 run interleaved on the same batches with the same dropout masks (median of --repeats rounds over the batches, after
 a warm-up round); the LoRA gradients of the two are compared. Peak RSS (VmHWM) is measured in a fresh process per
@@ -52,7 +52,7 @@ def lora_backbone(model: str):
 
 
 def preset_batches(backbone, benchmark: str, data_dir: str, tasks: int) -> list[dict]:
-    preset = PRESETS["small"]
+    preset = PRESETS["base"]
     settings = preset["benchmarks"][benchmark]
     config = RunConfig(benchmark=benchmark, model=preset["model"], seed=preset["seed"], data_dir=data_dir, **settings)
     stream = load_stream_for(config)
@@ -113,7 +113,7 @@ def memory_child(args) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=PRESETS["small"]["model"])
+    parser.add_argument("--model", default=PRESETS["base"]["model"])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tasks", type=int, default=4, help="first training batch of each of the first N tasks")
@@ -126,7 +126,7 @@ def main() -> int:
         return 0
     backbone = lora_backbone(args.model)
     results = {b: measure(backbone, preset_batches(backbone, b, args.data_dir, args.tasks), args.repeats)
-               for b in PRESETS["small"]["benchmarks"]}
+               for b in PRESETS["base"]["benchmarks"]}
     memory = {}
     for loss in LOSSES:
         out = subprocess.run([sys.executable, __file__, "--memory-of", loss, "--model", args.model, "--tasks",
@@ -144,7 +144,7 @@ def main() -> int:
              f"(vocabulary {vocab:,}) · LoRA r {RunConfig().lora.r} on the default targets · torch {torch.__version__}"
              f" · {args.threads} threads", "",
              "One training step on the first batch of each of the first "
-             f"{args.tasks} tasks of the small preset (its collator and settings); median over {args.repeats} rounds "
+             f"{args.tasks} tasks of the base preset (its collator and settings); median over {args.repeats} rounds "
              "of the mean step time. Both losses see the same batches and dropout masks.", "",
              "| benchmark | batch shapes | logit positions kept | all positions (s / step) | answer positions "
              "(s / step) | speed-up | LoRA gradients |", "| --- | --- | --- | ---: | ---: | ---: | --- |"]

@@ -1,47 +1,68 @@
 """One-command small-scale reproduction: every registered method on one fixed protocol, then bench/RESULTS.md.
 
-    python bench/reproduce.py --preset small [--benchmarks standard superni] [--methods seqlora inclora ...]
+    python bench/reproduce.py --preset small [--jobs 2] [--benchmarks standard superni] [--methods seqlora ...]
                               [--data-dir ../shared/data] [--mixed-precision bf16] [--dry-run] [--table-only]
 
-Presets: `small` (sized for a 2-core CPU; writes bench/RESULTS.md) and `medium` (standard order 1 with 8x the
-training steps per task, for a GPU; writes bench/RESULTS-medium.md).
+Presets: `small` (sized for a 2-core CPU: a few hours for every method with --jobs 2; writes bench/RESULTS.md),
+`base` (2-2.7x the training examples of small; about 10 CPU hours or one GPU hour; bench/RESULTS-base.md) and `medium`
+(standard order 1 with 8x base's steps per task, for a GPU; bench/RESULTS-medium.md).
 
 Runs go to bench/runs/<preset>/<benchmark>/<method>/ (checkpoints: last phase only). Finished runs are skipped,
 interrupted ones resumed, so the script can be stopped and started again at any time. The `single` reference runs
 first on each benchmark and gives every other run its FWT reference. A method may also be a named variant of
 VARIANTS (a method with options, e.g. `sapt-lora-noarm`). RESULTS.md always lists every finished run found under
 the runs directory (so several invocations, e.g. one per method, build one table); `--table-only` just rewrites it.
+
+`--jobs N` runs N runs at a time, each in its own process with cpu_count/N threads (`--threads` to set), its output
+in bench/runs/<preset>/<benchmark>/<method>.log. On a 2-core CPU `--jobs 2` gets more done per hour than one run on
+2 threads (bench/reproduce_jobs.md). Every invocation that ran something appends its wall time, jobs and threads to
+bench/runs/<preset>/invocations.json, and RESULTS.md quotes them.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import multiprocessing
 import os
+import platform
 import sys
 import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from continual_lm.config import RunConfig  # noqa: E402
-from continual_lm.io_utils import atomic_write_text  # noqa: E402
+from continual_lm.io_utils import atomic_write_json, atomic_write_text  # noqa: E402
 from continual_lm.methods.registry import METHODS, method_class  # noqa: E402
 
-# 4 tasks; 256 train / 50 test examples per task (32 steps per task); 13 min for seqlora on an idle 2-core machine
-STANDARD_SMALL = dict(order="1", max_train_per_task=256, max_test_per_task=50, max_input_length=128,
-                      max_target_length=8, epochs=1, batch_size=8, eval_batch_size=16)
-# 15 tasks; 48 train / 8 test examples per task (6 steps per task); generation up to 24 new tokens; 16 min for seqlora
-SUPERNI_SMALL = dict(order="1", max_train_per_task=48, max_test_per_task=8, max_input_length=160,
-                     max_target_length=24, epochs=1, batch_size=8, eval_batch_size=16)
+# `small`: sized for a 2-core CPU, all 38 runs in a few hours with --jobs 2 (bench/RESULTS.md has the measured wall
+# time). Batch 4, so that a task still gets 24 (standard) / 6 (SuperNI) optimizer steps from few examples.
+# standard: 4 tasks; 96 train / 40 test examples per task (24 steps per task)
+STANDARD_SMALL = dict(order="1", max_train_per_task=96, max_test_per_task=40, max_input_length=112,
+                      max_target_length=8, epochs=1, batch_size=4, eval_batch_size=16)
+# SuperNI: 15 tasks; 24 train / 4 test examples per task (6 steps per task); generation up to 16 new tokens
+SUPERNI_SMALL = dict(order="1", max_train_per_task=24, max_test_per_task=4, max_input_length=128,
+                     max_target_length=16, epochs=1, batch_size=4, eval_batch_size=16)
+# `base`: the small preset of the first reproduction, with 2.7x (standard) / 2x (SuperNI) the training examples, at
+# batch 8, and more test examples: about 10 h of a 2-core CPU, 70 process-minutes on an H100 (bench/RESULTS-base.md).
+# standard: 256 train / 50 test per task (32 steps per task); SuperNI: 48 / 8 (6 steps per task), up to 24 new tokens
+STANDARD_BASE = dict(order="1", max_train_per_task=256, max_test_per_task=50, max_input_length=128,
+                     max_target_length=8, epochs=1, batch_size=8, eval_batch_size=16)
+SUPERNI_BASE = dict(order="1", max_train_per_task=48, max_test_per_task=8, max_input_length=160,
+                    max_target_length=24, epochs=1, batch_size=8, eval_batch_size=16)
 
 PRESETS = {
     "small": {"model": "smollm2-135m", "seed": 42,
               "benchmarks": {"standard": STANDARD_SMALL, "superni": SUPERNI_SMALL}},
-    # Longer training for the methods whose selection needs many steps (SAPT): 8x the small preset's steps per task
+    "base": {"model": "smollm2-135m", "seed": 42,
+             "benchmarks": {"standard": STANDARD_BASE, "superni": SUPERNI_BASE}},
+    # Longer training for the methods whose selection needs many steps (SAPT): 8x the base preset's steps per task
     # on standard (1000 examples, 2 epochs = 250 steps per task). Sized for a GPU, not for the 2-core CPU.
     "medium": {"model": "smollm2-135m", "seed": 42,
-               "benchmarks": {"standard": {**STANDARD_SMALL, "max_train_per_task": 1000, "epochs": 2}}},
+               "benchmarks": {"standard": {**STANDARD_BASE, "max_train_per_task": 1000, "epochs": 2}}},
 }
 
 # Published numbers for reference (different backbones and full data: T5-large unless noted). AP (F.Ra).
@@ -76,21 +97,71 @@ def default_methods() -> list[str]:
 
 
 def run_one(benchmark: str, method: str, settings: dict, preset: dict, root: Path, data_dir: str | None,
-            single_dir: Path | None, mixed_precision: str = "no") -> dict:
+            mixed_precision: str = "no", log: bool = False) -> dict:
+    """Run (or resume, or skip if finished) one method of a benchmark; with ``log``, its output goes to
+    <benchmark>/<method>.log instead of the console (several runs at a time) and progress bars are off."""
     from continual_lm.train.loop import run
 
     out = root / benchmark / method
     if (out / "results.json").exists():
-        print(f"[reproduce] {benchmark}/{method}: finished earlier")
+        print(f"[reproduce] {benchmark}/{method}: finished earlier", flush=True)
         return json.loads((out / "results.json").read_text())
     spec, options = VARIANTS.get(method, (method, {}))
+    single_dir = root / benchmark / "single"
+    single_done = method != "single" and (single_dir / "results.json").exists()
     config = RunConfig(benchmark=benchmark, method=spec, model=preset["model"], seed=preset["seed"],
                        method_options=options, data_dir=data_dir, keep_checkpoints="last", output_dir=str(out),
-                       mixed_precision=mixed_precision,
-                       single_task_from=str(single_dir) if single_dir and method != "single" else None, **settings)
+                       mixed_precision=mixed_precision, single_task_from=str(single_dir) if single_done else None,
+                       **settings)
+    if log:
+        config.progress = False
     resume = (out / "config.yaml").exists()
     print(f"[reproduce] {benchmark}/{method}: {'resuming' if resume else 'starting'}", flush=True)
-    return run(config, output_dir=out, resume=resume, overwrite=not resume)
+    if not log:
+        return run(config, output_dir=out, resume=resume, overwrite=not resume)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f"{method}.log", "a") as stream, contextlib.redirect_stdout(stream), \
+            contextlib.redirect_stderr(stream):
+        results = run(config, output_dir=out, resume=resume, overwrite=not resume)
+    print(f"[reproduce] {benchmark}/{method}: done, AP {results['metrics']['AP']:.2f}", flush=True)
+    return results
+
+
+def _start_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def run_all(queue: list[tuple[str, str]], run_args, jobs: int, threads: int, on_finish) -> None:
+    """Run every (benchmark, method) of ``queue`` as ``run_one(*run_args(benchmark, method), log=jobs > 1)``,
+    ``jobs`` at a time. A benchmark's `single` run (every other run's FWT reference) comes first; its other runs
+    start once it is done. ``on_finish`` is called after every run."""
+    def ready(item):
+        benchmark, method = item
+        return method == "single" or (benchmark, "single") not in queue
+
+    if jobs == 1:
+        for item in sorted(queue, key=lambda item: not ready(item)):
+            run_one(*run_args(*item))
+            on_finish()
+        return
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # read by each worker's torch at import
+    pending, running = list(queue), {}
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_start_worker, initargs=(threads,)) as pool:
+        while pending or running:
+            for item in [i for i in pending if ready(i)][:jobs - len(running)]:
+                pending.remove(item)
+                running[pool.submit(run_one, *run_args(*item), log=True)] = item
+            if not running:
+                raise RuntimeError(f"nothing can start: {pending}")
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                item = running.pop(future)
+                future.result()  # a failed run stops the harness with its error (its log has the details)
+                queue.remove(item)
+                on_finish()
 
 
 def finished_runs(root: Path, benchmark: str) -> list[tuple[str, dict]]:
@@ -101,26 +172,48 @@ def finished_runs(root: Path, benchmark: str) -> list[tuple[str, dict]]:
     return sorted(found.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order else len(order), kv[0]))
 
 
-def results_markdown(preset_name: str, tables: dict[str, list[tuple[str, dict]]]) -> str:
+def read_invocations(root: Path) -> list[dict]:
+    path = root / "invocations.json"
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def record_invocation(root: Path, record: dict) -> None:
+    atomic_write_json(root / "invocations.json", read_invocations(root) + [record])
+
+
+def results_markdown(preset_name: str, tables: dict[str, list[tuple[str, dict]]],
+                     invocations: list[dict] = ()) -> str:
     def fmt(v):
         return "–" if v is None else f"{v:.2f}"
 
-    lines = [f"# Small-scale reproduction (`bench/reproduce.py --preset {preset_name}`)", "",
+    lines = [f"# Reproduction at small scale (`bench/reproduce.py --preset {preset_name}`)", "",
              "Generated by the script; numbers are from the runs under `bench/runs/`. Paper numbers use other "
-             "backbones (T5-large) and full data, so only the ordering is comparable. Train time is wall time on "
-             "the row's device (a shared 2-core CPU machine, where rows ran under different loads and thread "
-             "counts, or a GPU); compare speed in bench/SPEED.md, not here.", ""]
+             "backbones (T5-large) and full data, so only the ordering is comparable. Train and eval times are the "
+             "run's own wall time on the row's device (`cpu (N threads)` or a GPU); runs that shared the machine "
+             "(`--jobs`) took longer each than alone. Compare speed in bench/SPEED.md, not here.", ""]
     for benchmark, results in tables.items():
         settings = PRESETS[preset_name]["benchmarks"][benchmark]
+        total = sum(r["timing"]["train_s"] + r["timing"]["eval_s"] for _, r in results)
         lines += [f"## {benchmark}" + (f" order {settings['order']}" if settings.get('order') else ""), "",
-                  f"Settings: {json.dumps(settings)} · model {PRESETS[preset_name]['model']}", "",
-                  "| method | AP | F.Ra | FWT | BWT | train time (min) | device | paper (T5-large) |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
+                  f"Settings: {json.dumps(settings)} · model {PRESETS[preset_name]['model']} · "
+                  f"{len(results)} runs, {total / 3600:.2f} h of run time in all", "",
+                  "| method | AP | F.Ra | FWT | BWT | train (min) | eval (min) | device | paper (T5-large) |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
         for name, r in results:
-            m = r["metrics"]
+            m, timing = r["metrics"], r["timing"]
             paper = PAPER.get(benchmark, {}).get(PAPER_NAMES.get(name, name), "")
             lines.append(f"| {name} | {fmt(m['AP'])} | {fmt(m['F.Ra'])} | {fmt(m['FWT'])} | {fmt(m['BWT'])} | "
-                         f"{r['timing']['train_s'] / 60:.1f} | {r.get('device', 'cpu')} | {paper} |")
+                         f"{timing['train_s'] / 60:.1f} | {timing['eval_s'] / 60:.1f} | {r.get('device', 'cpu')} | "
+                         f"{paper} |")
+        lines.append("")
+    if invocations:
+        lines += ["## Invocations", "", "Wall time of each invocation of the script that ran something (from "
+                  "`bench/runs/<preset>/invocations.json`).", "",
+                  "| started | runs | jobs | threads per run | CPU count | wall time (h) |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: |"]
+        for inv in invocations:
+            lines.append(f"| {inv['started']} | {len(inv['runs'])} | {inv['jobs']} | {inv.get('threads') or '–'} | "
+                         f"{inv.get('cpu_count', '–')} | {inv['wall_s'] / 3600:.2f} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -136,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="default: bench/RESULTS.md for --preset small, bench/RESULTS-<preset>.md for the others")
     parser.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"],
                         help="accelerate mixed precision for every run (default: fp32 as in the committed rows)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process (default 1)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads per run with --jobs > 1 (default: CPU count / jobs)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     parser.add_argument("--table-only", action="store_true", help="rewrite RESULTS.md from the finished runs and exit")
     args = parser.parse_args(argv)
@@ -143,6 +239,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.output is None:
         args.output = str(HERE / ("RESULTS.md" if args.preset == "small" else f"RESULTS-{args.preset}.md"))
     benchmarks = args.benchmarks or list(preset["benchmarks"])
+    unknown = [b for b in benchmarks if b not in preset["benchmarks"]]
+    if unknown:
+        parser.error(f"--benchmarks: preset {args.preset} has {', '.join(preset['benchmarks'])}, not {', '.join(unknown)}")
+    if args.jobs < 1 or (args.threads is not None and args.threads < 1):
+        parser.error("--jobs and --threads must be integers >= 1")
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     methods = args.methods or default_methods()
     if args.dry_run:
         for b in benchmarks:
@@ -152,20 +254,33 @@ def main(argv: list[str] | None = None) -> int:
 
     def write_table():
         tables = {b: finished_runs(root, b) for b in preset["benchmarks"] if finished_runs(root, b)}
-        atomic_write_text(args.output, results_markdown(args.preset, tables) + "\n")
+        atomic_write_text(args.output, results_markdown(args.preset, tables, read_invocations(root)) + "\n")
 
     if args.table_only:
         write_table()
         return 0
-    start = time.perf_counter()
-    for benchmark in benchmarks:
-        settings = preset["benchmarks"][benchmark]
-        single_dir = root / benchmark / "single"
-        for method in (["single"] if "single" in methods else []) + [m for m in methods if m != "single"]:
-            run_one(benchmark, method, settings, preset, root, args.data_dir,
-                    single_dir if (single_dir / "results.json").exists() else None, args.mixed_precision)
-            write_table()
-    print(f"[reproduce] done in {(time.perf_counter() - start) / 60:.1f} min -> {args.output}")
+    queue = []
+    for b in benchmarks:
+        for m in methods:
+            if (root / b / m / "results.json").exists():
+                print(f"[reproduce] {b}/{m}: finished earlier")
+            else:
+                queue.append((b, m))
+    print(f"[reproduce] {len(queue)} runs to do, {args.jobs} at a time" + (f", {threads} threads each" if args.jobs > 1 else ""))
+    start, started_at = time.perf_counter(), time.strftime("%Y-%m-%d %H:%M:%S")
+
+    def run_args(benchmark, method):
+        return benchmark, method, preset["benchmarks"][benchmark], preset, root, args.data_dir, args.mixed_precision
+
+    todo = list(queue)
+    run_all(queue, run_args, args.jobs, threads, on_finish=write_table)
+    wall_s = time.perf_counter() - start
+    if todo:
+        record_invocation(root, {"started": started_at, "wall_s": round(wall_s, 1), "jobs": args.jobs,
+                                 "threads": threads if args.jobs > 1 else None, "runs": [f"{b}/{m}" for b, m in todo],
+                                 "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()})
+        write_table()
+    print(f"[reproduce] done in {wall_s / 60:.1f} min -> {args.output}")
     return 0
 
 

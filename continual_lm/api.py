@@ -54,13 +54,14 @@ class LoadedRun:
         """Greedy predictions through exactly the evaluation path. A string or {"prompt": ...} is used as the full
         prompt; {"input": ..., "task": NAME} is formatted with that task's instruction/template (formatting only:
         the task id reaches the method only if it declares uses_task_id_at_test, as in evaluation)."""
-        from .eval.generate import predict_texts
+        from .eval.generate import predict_requests
 
         if self.runner.backbone.is_encoder_only:
             raise ContinualLMError(f"{self.path}: model {self.config.model!r} is encoder-only (a masked LM trained by "
                                    f"continual pre-training); it cannot generate predictions")
         by_name = {t.name: k for k, t in enumerate(self.tasks)}
-        groups: dict[int | None, list[tuple[int, str]]] = {}
+        raw = self._raw_task()
+        requests = []
         for position, item in enumerate(inputs):
             if isinstance(item, str):
                 item = {"prompt": item}
@@ -68,7 +69,10 @@ class LoadedRun:
                 raise ContinualLMError(f"input {position}: expected a string, {{'prompt': ...}} or "
                                        f"{{'input': ..., 'task': ...}}, got {item!r:.80}")
             if "prompt" in item:
-                groups.setdefault(None, []).append((position, str(item["prompt"])))
+                if self.method.uses_task_id_at_test:
+                    raise ContinualLMError(f"method {self.config.method} needs a task id at test time; give inputs "
+                                           f"as {{'input': ..., 'task': ...}}")
+                requests.append((raw, -1, str(item["prompt"])))
                 continue
             name = item.get("task")
             if name is None:
@@ -77,20 +81,9 @@ class LoadedRun:
             if name not in by_name:
                 raise ContinualLMError(f"input {position}: unknown task {name!r}; this run's tasks: "
                                        f"{', '.join(by_name)}")
-            groups.setdefault(by_name[name], []).append((position, str(item["input"])))
-        if self.method.uses_task_id_at_test and None in groups:
-            raise ContinualLMError(f"method {self.config.method} needs a task id at test time; give inputs as "
-                                   f"{{'input': ..., 'task': ...}}")
-        predictions: list[str | None] = [None] * len(inputs)
-        for task_index, items in groups.items():
-            task = self._raw_task() if task_index is None else self.tasks[task_index]
-            texts = predict_texts(self.model, self.method, self.runner.collator, task,
-                                  -1 if task_index is None else task_index, [text for _, text in items],
-                                  batch_size or self.config.eval_batch_size, None, progress,
-                                  desc=f"predict {task.name}")
-            for (position, _), text in zip(items, texts):
-                predictions[position] = text
-        return predictions  # type: ignore[return-value]
+            requests.append((self.tasks[by_name[name]], by_name[name], str(item["input"])))
+        return predict_requests(self.model, self.method, self.runner.collator, requests,
+                                batch_size or self.config.eval_batch_size, None, progress, desc="predict")
 
 
 def load_run(run_dir: str | Path) -> LoadedRun:

@@ -223,26 +223,29 @@ class ContinualRunner:
 
     # ---- evaluation ------------------------------------------------------------------------------------------
     def evaluate_tasks(self, tasks: list[Task], indices: list[int], label: str) -> tuple[list[float], dict]:
-        """Scores (0..100, rounded to 4 decimals) and predictions of ``tasks`` under the current model."""
-        from ..eval.generate import predict_texts
+        """Scores (0..100, rounded to 4 decimals) and predictions of ``tasks`` under the current model. The test
+        inputs of all generating tasks are decoded together (shared batches, eval/generate.py)."""
+        from ..eval.generate import predict_requests
         from ..eval.scores import score
         from .end_task import corpus_task_scores
 
+        generating = [(task, j) for task, j in zip(tasks, indices) if task.kind != CORPUS]
+        requests = [(task, j, e.input) for task, j in generating for e in task.test]
         scores, predictions = [], {}
         with self.accelerator.autocast():
-            for task, j in zip(tasks, indices):
+            texts = predict_requests(self.model, self.method, self.collator, requests, self.config.eval_batch_size,
+                                     self.accelerator, self.config.progress, desc=f"eval {label}")
+            for task, _ in generating:
+                predictions[task.name], texts = texts[:len(task.test)], texts[len(task.test):]
+            for task in tasks:
                 if task.kind == CORPUS:  # its end task: accuracy into the matrix, both scores as its "predictions"
                     predictions[task.name] = corpus_task_scores(self.model, self.backbone.tokenizer, task,
                                                                 max_length=self.config.max_input_length,
                                                                 seed=self.config.seed)
                     scores.append(predictions[task.name]["accuracy"])
-                    continue
-                preds = predict_texts(self.model, self.method, self.collator, task, j, [e.input for e in task.test],
-                                      self.config.eval_batch_size, self.accelerator, self.config.progress,
-                                      desc=f"eval {label}: {task.name}")
-                scores.append(round(score(task.metric, preds, [e.refs() for e in task.test]), 4))
-                predictions[task.name] = preds
-        return scores, predictions
+                else:
+                    scores.append(round(score(task.metric, predictions[task.name], [e.refs() for e in task.test]), 4))
+        return scores, {task.name: predictions[task.name] for task in tasks}
 
     def evaluate_phase(self, phase: Phase) -> tuple[list[float | None], dict[str, list[str]]]:
         row: list[float | None] = [None] * len(self.tasks)
