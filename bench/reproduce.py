@@ -259,9 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.table_only:
         write_table()
         return 0
-    queue = []
-    for b in benchmarks:
-        for m in methods:
+    queue = []  # method-major, so that both benchmarks' long runs (lfpt5, ewc) are not all left for the end
+    for m in methods:
+        for b in benchmarks:
             if (root / b / m / "results.json").exists():
                 print(f"[reproduce] {b}/{m}: finished earlier")
             else:
