@@ -2,9 +2,10 @@
 smollm2-135m (the base preset's shape: batch 8 x 128 tokens, LoRA r 8 on the default targets) in float32 and under
 ``torch.autocast("cpu", bfloat16)``, interleaved, median of --repeats steps each after a warm-up.
 
-    python bench/cpu_bf16_step.py [--repeats 5] [--threads 2]
+    python bench/cpu_bf16_step.py [--repeats 5] [--threads 2] [--output-stem cpu_bf16_step]
 
-Writes bench/cpu_bf16_step.md and .json.
+Writes bench/<output-stem>.md and .json (committed: cpu_bf16_step on a CPU with AVX512-BF16,
+cpu_bf16_step_no_avx512bf16 on one without).
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--output-stem", default="cpu_bf16_step", help="file name (without suffix) under bench/")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -59,17 +61,19 @@ def main() -> None:
               "speedup": ratio, "torch": torch.__version__, "cpu": cpu,
               "bf16_instructions": "avx512_bf16" in Path("/proc/cpuinfo").read_text()
               if Path("/proc/cpuinfo").exists() else None}
-    atomic_write_json(HERE / "cpu_bf16_step.json", result)
+    atomic_write_json(HERE / f"{args.output_stem}.json", result)
     lines = ["# One LoRA training step of smollm2-135m on CPU: float32 vs bf16 autocast", "",
-             f"`python bench/cpu_bf16_step.py --repeats {args.repeats} --threads {args.threads}` · torch "
+             f"`python bench/cpu_bf16_step.py --repeats {args.repeats} --threads {args.threads} --output-stem "
+             f"{args.output_stem}` · torch "
              f"{torch.__version__} · CPU with AVX512-BF16: {result['bf16_instructions']} · batch 8 x 128 tokens, "
              f"LoRA r 8 on the default targets", "",
              "| precision | median s / step |", "| --- | ---: |"]
     lines += [f"| {k} | {v:.2f} |" for k, v in medians.items()]
-    lines += ["", f"bf16 autocast is {ratio:.2f}x faster per step. The base preset's 38 runs take 8-9.5 h on this "
-              f"machine in float32 (README, Cost), so bf16 alone would not bring them to a few hours (and would "
-              f"change every committed number)."]
-    atomic_write_text(HERE / "cpu_bf16_step.md", "\n".join(lines) + "\n")
+    verdict = f"{ratio:.2f}x faster" if ratio >= 1 else f"{1 / ratio:.2f}x slower"
+    lines += ["", f"bf16 autocast is {verdict} per step on this CPU. The base preset's 38 runs take 8-9.5 h of a "
+              f"2-core CPU in float32 (README, Cost), so bf16 alone would not bring them to a few hours (and would "
+              f"change every committed number); the small preset stays in float32."]
+    atomic_write_text(HERE / f"{args.output_stem}.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -3,7 +3,7 @@
     python bench/reproduce.py --preset small [--jobs 2] [--benchmarks standard superni] [--methods seqlora ...]
                               [--data-dir ../shared/data] [--mixed-precision bf16] [--dry-run] [--table-only]
 
-Presets: `small` (sized for a 2-core CPU: a few hours for every method with --jobs 2; writes bench/RESULTS.md),
+Presets: `small` (sized for a 2-core CPU: its 38 runs took 3.05 h with --jobs 2; writes bench/RESULTS.md),
 `base` (2-2.7x the training examples of small; about 10 CPU hours or one GPU hour; bench/RESULTS-base.md) and `medium`
 (standard order 1 with 8x base's steps per task, for a GPU; bench/RESULTS-medium.md).
 
@@ -15,8 +15,9 @@ the runs directory (so several invocations, e.g. one per method, build one table
 
 `--jobs N` runs N runs at a time, each in its own process with cpu_count/N threads (`--threads` to set), its output
 in bench/runs/<preset>/<benchmark>/<method>.log. On a 2-core CPU `--jobs 2` gets more done per hour than one run on
-2 threads (bench/reproduce_jobs.md). Every invocation that ran something appends its wall time, jobs and threads to
-bench/runs/<preset>/invocations.json, and RESULTS.md quotes them.
+2 threads (1.33x, bench/jobs_throughput.md). Every invocation that runs something records its wall time, jobs,
+threads and finished runs in bench/runs/<preset>/invocations.json (at its start and after each run, so a killed one
+still counts), and RESULTS.md quotes them.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ import os
 import platform
 import sys
 import time
+import uuid
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
@@ -38,7 +40,7 @@ from continual_lm.config import RunConfig  # noqa: E402
 from continual_lm.io_utils import atomic_write_json, atomic_write_text  # noqa: E402
 from continual_lm.methods.registry import METHODS, method_class  # noqa: E402
 
-# `small`: sized for a 2-core CPU, all 38 runs in a few hours with --jobs 2 (bench/RESULTS.md has the measured wall
+# `small`: sized for a 2-core CPU: all 38 runs in 3.05 h with --jobs 2 (bench/RESULTS.md has the measured wall
 # time). Batch 4, so that a task still gets 24 (standard) / 6 (SuperNI) optimizer steps from few examples.
 # standard: 4 tasks; 96 train / 40 test examples per task (24 steps per task)
 STANDARD_SMALL = dict(order="1", max_train_per_task=96, max_test_per_task=40, max_input_length=112,
@@ -136,32 +138,39 @@ def _start_worker(threads: int) -> None:
 def run_all(queue: list[tuple[str, str]], run_args, jobs: int, threads: int, on_finish) -> None:
     """Run every (benchmark, method) of ``queue`` as ``run_one(*run_args(benchmark, method), log=jobs > 1)``,
     ``jobs`` at a time. A benchmark's `single` run (every other run's FWT reference) comes first; its other runs
-    start once it is done. ``on_finish`` is called after every run."""
+    start once it is done. ``on_finish(benchmark, method)`` is called after every run."""
+    remaining = list(queue)
+
     def ready(item):
         benchmark, method = item
-        return method == "single" or (benchmark, "single") not in queue
+        return method == "single" or (benchmark, "single") not in remaining
 
     if jobs == 1:
-        for item in sorted(queue, key=lambda item: not ready(item)):
+        for item in sorted(remaining, key=lambda item: not ready(item)):
             run_one(*run_args(*item))
-            on_finish()
+            on_finish(*item)
         return
+    pending, running = list(remaining), {}
+    saved = os.environ.get("OMP_NUM_THREADS")
     os.environ["OMP_NUM_THREADS"] = str(threads)  # read by each worker's torch at import
-    pending, running = list(queue), {}
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_start_worker, initargs=(threads,)) as pool:
-        while pending or running:
-            for item in [i for i in pending if ready(i)][:jobs - len(running)]:
-                pending.remove(item)
-                running[pool.submit(run_one, *run_args(*item), log=True)] = item
-            if not running:
-                raise RuntimeError(f"nothing can start: {pending}")
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in done:
-                item = running.pop(future)
-                future.result()  # a failed run stops the harness with its error (its log has the details)
-                queue.remove(item)
-                on_finish()
+    try:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_start_worker, initargs=(threads,)) as pool:
+            while pending or running:
+                for item in [i for i in pending if ready(i)][:jobs - len(running)]:
+                    pending.remove(item)
+                    running[pool.submit(run_one, *run_args(*item), log=True)] = item
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    item = running.pop(future)
+                    future.result()  # a failed run stops the harness with its error (its log has the details)
+                    remaining.remove(item)
+                    on_finish(*item)
+    finally:
+        if saved is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = saved
 
 
 def finished_runs(root: Path, benchmark: str) -> list[tuple[str, dict]]:
@@ -178,7 +187,11 @@ def read_invocations(root: Path) -> list[dict]:
 
 
 def record_invocation(root: Path, record: dict) -> None:
-    atomic_write_json(root / "invocations.json", read_invocations(root) + [record])
+    """Add ``record`` to invocations.json, or replace the earlier record with the same ``started``: the record is
+    written when an invocation starts and again after each of its runs, so one that is killed still counts
+    (``record["id"]`` tells the records apart)."""
+    earlier = [r for r in read_invocations(root) if r.get("id") != record["id"]]
+    atomic_write_json(root / "invocations.json", earlier + [record])
 
 
 def results_markdown(preset_name: str, tables: dict[str, list[tuple[str, dict]]],
@@ -212,7 +225,9 @@ def results_markdown(preset_name: str, tables: dict[str, list[tuple[str, dict]]]
                   "| started | runs | jobs | threads per run | CPU count | wall time (h) |",
                   "| --- | ---: | ---: | ---: | ---: | ---: |"]
         for inv in invocations:
-            lines.append(f"| {inv['started']} | {len(inv['runs'])} | {inv['jobs']} | {inv.get('threads') or '–'} | "
+            finished = len(inv.get("finished", inv["runs"]))
+            runs = f"{finished}" if finished == len(inv["runs"]) else f"{finished} of {len(inv['runs'])} (interrupted)"
+            lines.append(f"| {inv['started']} | {runs} | {inv['jobs']} | {inv.get('threads') or '–'} | "
                          f"{inv.get('cpu_count', '–')} | {inv['wall_s'] / 3600:.2f} |")
         lines.append("")
     return "\n".join(lines)
@@ -268,18 +283,23 @@ def main(argv: list[str] | None = None) -> int:
                 queue.append((b, m))
     print(f"[reproduce] {len(queue)} runs to do, {args.jobs} at a time" + (f", {threads} threads each" if args.jobs > 1 else ""))
     start, started_at = time.perf_counter(), time.strftime("%Y-%m-%d %H:%M:%S")
+    record = {"id": uuid.uuid4().hex, "started": started_at, "wall_s": 0.0, "jobs": args.jobs, "threads": threads if args.jobs > 1 else None,
+              "runs": [f"{b}/{m}" for b, m in queue], "finished": [],
+              "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()}
+
+    def finished(benchmark, method):
+        record["finished"].append(f"{benchmark}/{method}")
+        record["wall_s"] = round(time.perf_counter() - start, 1)
+        record_invocation(root, record)
+        write_table()
 
     def run_args(benchmark, method):
         return benchmark, method, preset["benchmarks"][benchmark], preset, root, args.data_dir, args.mixed_precision
 
-    todo = list(queue)
-    run_all(queue, run_args, args.jobs, threads, on_finish=write_table)
+    if queue:
+        record_invocation(root, record)
+    run_all(queue, run_args, args.jobs, threads, on_finish=finished)
     wall_s = time.perf_counter() - start
-    if todo:
-        record_invocation(root, {"started": started_at, "wall_s": round(wall_s, 1), "jobs": args.jobs,
-                                 "threads": threads if args.jobs > 1 else None, "runs": [f"{b}/{m}" for b, m in todo],
-                                 "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()})
-        write_table()
     print(f"[reproduce] done in {wall_s / 60:.1f} min -> {args.output}")
     return 0
 

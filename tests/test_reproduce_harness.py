@@ -36,21 +36,57 @@ def test_two_invocations_build_one_table_and_skip_finished_runs(reproduce, tmp_p
     # one record per invocation that ran something, quoted in RESULTS.md
     records = json.loads((tmp_path / "runs" / "tiny" / "invocations.json").read_text())
     assert [r["runs"] for r in records] == [["demo/single", "demo/seqlora"], ["demo/olora-strong"]]
+    assert [r["finished"] for r in records] == [r["runs"] for r in records] and all(r["wall_s"] > 0 for r in records)
     assert len([line for line in invocations.splitlines() if line.startswith("| 20")]) == 2
     (tmp_path / "RESULTS.md").unlink()
     assert reproduce.main(args + ["--table-only"]) == 0
     assert "| olora-strong |" in (tmp_path / "RESULTS.md").read_text()
 
 
+def test_an_interrupted_invocation_keeps_its_record(reproduce, tmp_path, monkeypatch):
+    """The invocation record is written at the start and after each run: a harness killed after its first run
+    leaves that run, the wall time so far and the runs it had left in invocations.json and RESULTS.md."""
+    real_run_one = reproduce.run_one
+
+    def run_one(benchmark, method, *rest, **kwargs):
+        if method == "seqlora":
+            raise KeyboardInterrupt  # stands for the process being killed
+        return real_run_one(benchmark, method, *rest, **kwargs)
+
+    monkeypatch.setattr(reproduce, "run_one", run_one)
+    args = ["--preset", "tiny", "--runs-dir", str(tmp_path / "runs"), "--output", str(tmp_path / "RESULTS.md")]
+    with pytest.raises(KeyboardInterrupt):
+        reproduce.main(args + ["--methods", "single", "seqlora"])
+    record, = json.loads((tmp_path / "runs" / "tiny" / "invocations.json").read_text())
+    assert record["runs"] == ["demo/single", "demo/seqlora"] and record["finished"] == ["demo/single"]
+    assert record["wall_s"] > 0
+    assert "| 1 of 2 (interrupted) |" in (tmp_path / "RESULTS.md").read_text()
+
+
+def _first_table(lines: list[str]) -> list[str]:
+    """The rows of the first markdown table in ``lines``."""
+    rows = []
+    for line in lines:
+        if line.startswith("| "):
+            rows.append(line)
+        elif rows:
+            break
+    return rows
+
+
 def test_the_readme_quotes_the_committed_results_tables():
-    """The README's reproduction tables are copies of bench/RESULTS.md's (regenerate both together)."""
-    readme = (ROOT / "README.md").read_text()
-    results = (ROOT / "bench" / "RESULTS.md").read_text()
-    tables = [part for part in results.split("\n## ")[1:]]
-    assert tables, "bench/RESULTS.md has no benchmark table"
-    for part in tables:
-        rows = [line for line in part.splitlines() if line.startswith("| ")]
-        assert rows and "\n".join(rows) in readme, f"README.md does not quote bench/RESULTS.md's table {part.splitlines()[0]!r}"
+    """Under a bold heading named like each benchmark section of bench/RESULTS.md ("**standard order 1**"), the
+    README shows exactly that section's table (regenerate both together)."""
+    readme = (ROOT / "README.md").read_text().splitlines()
+    sections = (ROOT / "bench" / "RESULTS.md").read_text().split("\n## ")[1:]
+    benchmarks = [part for part in sections if not part.startswith("Invocations")]
+    assert len(benchmarks) == 2, "bench/RESULTS.md should have the standard and superni tables"
+    for part in benchmarks:
+        heading, *lines = part.splitlines()
+        where = [k for k, line in enumerate(readme) if line.strip() == f"**{heading}**"]
+        assert len(where) == 1, f"README.md needs one '**{heading}**' heading above the table"
+        assert _first_table(readme[where[0] + 1:]) == _first_table(lines), \
+            f"README.md's {heading!r} table differs from bench/RESULTS.md's"
 
 
 def test_jobs_run_in_parallel_processes_after_the_single_reference(monkeypatch, tmp_path):
