@@ -20,17 +20,14 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from reproduce import PRESETS  # noqa: E402
+from reproduce import PRESETS, seqlora_runner  # noqa: E402
 
 
 def main(argv=None) -> int:
     import torch
 
-    from continual_lm.config import RunConfig
     from continual_lm.eval.generate import predict_requests, predict_texts
     from continual_lm.io_utils import atomic_write_json, atomic_write_text
-    from continual_lm.models.backbone import load_backbone
-    from continual_lm.train.loop import build_runner
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="small", choices=sorted(PRESETS))
@@ -42,12 +39,9 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     preset = PRESETS[args.preset]
     results = []
-    for benchmark, settings in preset["benchmarks"].items():
-        backbone = load_backbone(preset["model"])  # a fresh model: the runner injects its LoRA banks into it
-        config = RunConfig(benchmark=benchmark, method="seqlora", model=preset["model"], seed=preset["seed"],
-                           data_dir=args.data_dir, progress=False, **settings)
-        runner = build_runner(config, Path("/nonexistent"), backbone=backbone, write_config=False)
-        runner.method.before_task(runner.model, 0, runner.tasks[0])
+    for benchmark in preset["benchmarks"]:
+        runner = seqlora_runner(args.preset, benchmark, args.data_dir)
+        config = runner.config
         for row in sorted({min(r, len(runner.tasks)) for r in args.rows}):
             tasks = runner.tasks[:row]
             requests = [(t, j, e.input) for j, t in enumerate(tasks) for e in t.test]

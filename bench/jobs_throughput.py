@@ -29,25 +29,18 @@ def unit(steps: int, eval_inputs: int, data_dir: str) -> dict:
     """One unit of work in this process; returns its timings."""
     import torch
 
-    from continual_lm.config import RunConfig
     from continual_lm.eval.generate import predict_requests
-    from reproduce import PRESETS
+    from reproduce import seqlora_runner
 
-    from continual_lm.train.loop import build_runner
-
-    preset = PRESETS["small"]
     timings = {}
     for benchmark in ("standard", "superni"):
-        config = RunConfig(benchmark=benchmark, method="seqlora", model=preset["model"], seed=preset["seed"],
-                           data_dir=data_dir, progress=False, **preset["benchmarks"][benchmark])
-        runner = build_runner(config, Path("/nonexistent"), write_config=False)
-        runner.method.before_task(runner.model, 0, runner.tasks[0])
-        model, task = runner.model, runner.tasks[0]
+        runner = seqlora_runner("small", benchmark, data_dir)
+        config, model, task = runner.config, runner.model, runner.tasks[0]
         start = time.perf_counter()
         if benchmark == "standard":
             features = [runner.collator.encode_train(task, e, 0) for e in task.train[:steps * config.batch_size]]
             params = [p for p in model.parameters() if p.requires_grad]
-            optimizer = torch.optim.AdamW(params, lr=config.lr or 1e-3)
+            optimizer = torch.optim.AdamW(params, lr=config.lr)
             model.train()
             for k in range(steps):
                 batch = runner.collator.train_batch(features[k * config.batch_size:(k + 1) * config.batch_size])

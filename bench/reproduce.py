@@ -129,6 +129,19 @@ def run_one(benchmark: str, method: str, settings: dict, preset: dict, root: Pat
     return results
 
 
+def seqlora_runner(preset_name: str, benchmark: str, data_dir: str):
+    """A seqlora runner on one benchmark of a preset (its settings, model and seed) with the first task's LoRA added
+    (B = 0, so the model still decodes like the base model): what the bench scripts time. Writes nothing."""
+    from continual_lm.train.loop import build_runner
+
+    preset = PRESETS[preset_name]
+    config = RunConfig(benchmark=benchmark, method="seqlora", model=preset["model"], seed=preset["seed"],
+                       data_dir=data_dir, progress=False, **preset["benchmarks"][benchmark])
+    runner = build_runner(config, Path("/nonexistent"), write_config=False)
+    runner.method.before_task(runner.model, 0, runner.tasks[0])
+    return runner
+
+
 def _start_worker(threads: int) -> None:
     import torch
 
@@ -268,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.runs_dir) / args.preset
 
     def write_table():
-        tables = {b: finished_runs(root, b) for b in preset["benchmarks"] if finished_runs(root, b)}
+        tables = {b: runs for b in preset["benchmarks"] if (runs := finished_runs(root, b))}
         atomic_write_text(args.output, results_markdown(args.preset, tables, read_invocations(root)) + "\n")
 
     if args.table_only:
