@@ -54,8 +54,10 @@ class Variant:
         self.model = copy.deepcopy(backbone.model)
         self.tokenizer = backbone.tokenizer
         collator = Collator(backbone.tokenizer, backbone.is_seq2seq, seq_len, 8)
+        # SAPT's generator only makes the pseudo inputs the timed step uses: a few steps are enough here
+        options = {spec: {"generator_steps": 2}} if spec.startswith("sapt") else {}
         config = RunConfig(method="seqlora" if spec == PEER else spec, model=backbone.name, batch_size=batch_size,
-                           progress=False)
+                           method_options=options, progress=False)
         if spec == PEER:
             from peft import LoraConfig, get_peft_model
 

@@ -1,4 +1,6 @@
 """Core methods on a tiny model: what must stay frozen stays bit-identical, what trains moves."""
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -95,3 +97,15 @@ def test_method_spec_errors():
         split_method_spec("seqlora+inclora")
     with pytest.raises(ContinualLMError, match="expected NAME"):
         split_method_spec("seqlora+")
+
+
+def test_optimizer_groups_default_to_one_group_and_a_composition_asks_its_base(monkeypatch):
+    from continual_lm.methods.base import build_method
+
+    params = [torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(3))]
+    method = build_method(tiny_config(Path("/tmp"), method="seqlora"))
+    assert method.optimizer_groups(params, 0.1) == [{"params": params, "lr": 0.1}]
+    composite = build_method(tiny_config(Path("/tmp"), method="seqlora+ewc"))
+    own = [{"params": params[:1], "lr": 0.1}, {"params": params[1:], "lr": 0.01}]
+    monkeypatch.setattr(composite.base, "optimizer_groups", lambda p, lr: own if p is params and lr == 0.1 else None)
+    assert composite.optimizer_groups(params, 0.1) is own

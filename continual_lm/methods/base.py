@@ -11,6 +11,7 @@ Per phase: before_task(i, task)                          grow/freeze structure (
            forward(model, batch) -> outputs               the training forward (prompt methods override)
            extra_loss(model, batch, outputs) -> tensor    regularisers (L1, KL, orthogonality, EWC)
            after_backward(model)                          gradient edits (MIGU masks) before the optimiser step
+           optimizer_groups(params, lr) -> param groups   the AdamW parameter groups of a phase (own lrs per part)
            after_task(i, task, train_examples)            compute state (Fisher, memory, stored attention)
 Eval:      generate(model, batch, max_new_tokens)        batch holds input_ids/attention_mask only; the task id
                                                          is added (batch["task_ids"]) only when the method
@@ -142,6 +143,11 @@ class Method:
 
     def after_task(self, model: nn.Module, task_index: int, task: Task, examples: list[TrainExample]) -> None:
         pass
+
+    def optimizer_groups(self, params: list[nn.Parameter], lr: float) -> list[dict]:
+        """The torch optimizer parameter groups of a phase's trainable ``params`` (each group a dict with "params"
+        and "lr"): one group at the run's ``lr`` unless the method trains some parameters at their own rate."""
+        return [{"params": params, "lr": lr}]
 
     # ---- evaluation ------------------------------------------------------------------------------------------
     def generate(self, model: nn.Module, batch: dict[str, torch.Tensor], max_new_tokens: int) -> torch.Tensor:
@@ -291,6 +297,9 @@ class Composite(Method):
     def after_task(self, model, task_index, task, examples):
         for part in self.parts:
             part.after_task(model, task_index, task, examples)
+
+    def optimizer_groups(self, params, lr):
+        return self.base.optimizer_groups(params, lr)
 
     def generate(self, model, batch, max_new_tokens):
         return self.base.generate(model, batch, max_new_tokens)

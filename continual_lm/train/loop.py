@@ -178,7 +178,8 @@ class ContinualRunner:
         model.train()  # before start_training: a partitioned copy takes the model's mode
         training = start_training(
             accelerator, model, loader,
-            make_optimizer=lambda params: torch.optim.AdamW(params, lr=self.lr, weight_decay=config.weight_decay))
+            make_optimizer=lambda params: torch.optim.AdamW(method.optimizer_groups(params, self.lr), lr=self.lr,
+                                                            weight_decay=config.weight_decay))
         optimizer = training.optimizer
         # Not prepared by accelerate: its wrapper would step the schedule once per process and call, and DeepSpeed
         # steps only its own scheduler types. Stepped here once per optimizer step over the per-process batches.
