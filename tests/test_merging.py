@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import continual_lm
+from continual_lm.api import export_run, merge_run
 from continual_lm.errors import ContinualLMError
 from continual_lm.methods import merging
 from continual_lm.methods.base import Method
@@ -126,7 +127,7 @@ def test_merge_ta_run_evaluates_base_plus_the_mean_of_the_independent_task_delta
     # `continual-lm merge` writes the evaluated model: plain linear layers holding W0 + the merged delta
     from safetensors.torch import load_file
 
-    continual_lm.api.merge_run(continual_lm.load_run(tmp_path / "run"), tmp_path / "merged")
+    merge_run(continual_lm.load_run(tmp_path / "run"), tmp_path / "merged")
     written = load_file(str(tmp_path / "merged" / "model.safetensors"))
     assert not any("lora_" in k for k in written)
     assert torch.allclose(written[f"{bank}.weight"], W0 + sum(deltas) / len(deltas), atol=1e-6)
@@ -148,8 +149,8 @@ def test_magmax_run_evaluates_base_plus_half_the_max_magnitude_vector_and_merges
 
     loaded = continual_lm.load_run(tmp_path / "run")
     with pytest.raises(ContinualLMError, match="continual-lm merge"):
-        continual_lm.api.export_run(loaded, tmp_path / "exp")
-    continual_lm.api.merge_run(loaded, tmp_path / "merged")
+        export_run(loaded, tmp_path / "exp")
+    merge_run(loaded, tmp_path / "merged")
     from safetensors.torch import load_file
 
     written = load_file(str(tmp_path / "merged" / "model.safetensors"))
