@@ -45,7 +45,7 @@ TRIM_SCOPES = ("model", "tensor")  # TIES' top-k over each whole task vector (pa
 
 # ---- the merge rules on plain tensors (tests check each against a hand merge) -----------------------------------
 def task_arithmetic(deltas: list[torch.Tensor], scale: float) -> torch.Tensor:
-    """scale * sum_t delta_t (Ilharco et al., Eq. in §2: theta = theta_0 + lambda * sum_t tau_t)."""
+    """scale * sum_t delta_t (Ilharco et al.: theta = theta_0 + lambda * sum_t tau_t)."""
     from peft.utils.merge_utils import task_arithmetic as peft_task_arithmetic
 
     return peft_task_arithmetic(deltas, _weights(deltas, scale))
@@ -64,7 +64,7 @@ def trim_thresholds(task_vectors: list[list[torch.Tensor]], density: float) -> l
 
 def ties(deltas: list[torch.Tensor], scale: float, density: float, sign_method: str = "total",
          thresholds: list[float] | None = None) -> torch.Tensor:
-    """TIES-Merging (Yadav et al., §3, Algorithm 1): trim, elect sign, disjoint mean, times lambda.
+    """TIES-Merging (Yadav et al., Algorithm 1): trim, elect sign, disjoint mean, times lambda.
 
     With ``thresholds`` (one per task, from :func:`trim_thresholds`) each delta keeps its entries of magnitude >=
     its task's threshold (the paper's trim over the whole task vector); without, peft's ``ties`` trims each tensor
@@ -81,7 +81,7 @@ def ties(deltas: list[torch.Tensor], scale: float, density: float, sign_method: 
 
 def dare(deltas: list[torch.Tensor], scale: float, drop_rate: float, combine: str = "linear",
          sign_method: str = "total", seed: int = 0) -> torch.Tensor:
-    """DARE (Yu et al., §3, Eq. 2): drop each entry with probability p, rescale the rest by 1/(1-p); then
+    """DARE (Yu et al.): drop each entry with probability p, rescale the rest by 1/(1-p); then
     task arithmetic (``combine="linear"``) or TIES' sign election and disjoint mean (``"ties"``), times lambda.
     peft draws the drops from the global RNG: forked and seeded here, so the result depends on ``seed`` only."""
     from peft.utils.merge_utils import dare_linear, dare_ties
@@ -98,7 +98,7 @@ def dare(deltas: list[torch.Tensor], scale: float, drop_rate: float, combine: st
 
 
 def max_magnitude(current: torch.Tensor | None, new: torch.Tensor) -> torch.Tensor:
-    """MagMax's selection (Marczak et al., §3.2, Eq. 4), one task vector at a time: per entry the value of largest
+    """MagMax's selection (Marczak et al.), one task vector at a time: per entry the value of largest
     magnitude; a tie goes to the newer task (the reference code's ``>=`` in ``merge_max_abs``)."""
     if current is None:
         return new.clone()
