@@ -170,3 +170,12 @@ def test_merge_dare_resumes_to_the_same_results(tmp_path, monkeypatch):
     merged = [list(m.merged_weights().values()) for m in (whole_run, resumed_run)]
     assert len(merged[0]) == len(merged[1]) > 0
     assert all(torch.equal(x, y) for x, y in zip(*merged))  # the same task vectors and the same seeded drops
+
+
+@pytest.mark.parametrize("spec", ["merge-ties+replay+migu", "magmax+replay", "osf+replay"])
+def test_compositions_with_plugins_run(tmp_path, spec):
+    results = run(tiny_config(tmp_path, spec, tasks=TASKS[:2], max_test_per_task=1, lr=1e-3,
+                              method_options={"replay": {"count": 2}}))
+    assert results["method"] == spec and results["matrix"][1][0] is not None
+    loaded = continual_lm.load_run(tmp_path / "run")
+    assert len(loaded.method.parts[1].memory[0]) == 2  # replay stored task 1's samples (mixed into task 2)

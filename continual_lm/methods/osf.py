@@ -95,7 +95,8 @@ class OSF(Method):
     def setup(self, model, backbone):
         from ..train.engine import engine_name
 
-        if self.context is not None and engine_name(self.context.accelerator).startswith("deepspeed"):
+        accelerator = getattr(self.context, "accelerator", None)
+        if accelerator is not None and engine_name(accelerator).startswith("deepspeed"):
             raise ContinualLMError("method osf: DeepSpeed keeps its own copy of the weights and would undo the "
                                    "subspace projection of every step; run osf on one process or with DDP/FSDP")
         self.model = model
@@ -124,7 +125,8 @@ class OSF(Method):
             for module in self.targets.values():
                 module.weight.requires_grad_(True)
             return
-        self.ranks = {n: preserved_rank(m.weight.shape, fraction, self.options.rank_of) for n, m in self.targets.items()}
+        rank_of = self.options.rank_of
+        self.ranks = {n: preserved_rank(m.weight.shape, fraction, rank_of) for n, m in self.targets.items()}
         config = OSFConfig(target_modules=list(self.ranks),
                            rank_pattern={f"^{re.escape(n)}$": k for n, k in self.ranks.items()})
         self.tuner = OSFModel(self.model, config, "default")  # SVD of the current weights; wraps them in place
