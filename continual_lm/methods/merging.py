@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, replace
-from typing import ClassVar
 
 import torch
 from torch import nn
@@ -115,7 +114,6 @@ class _MergedEvaluation:
     parameters for the call. Subclasses implement ``_compute_merged_weights`` and call ``_forget_merge`` whenever
     their task vectors change."""
 
-    default_scale: ClassVar[str] = ""  # documentation of the default lambda (its value: ``scale``)
     _merged: dict[nn.Parameter, torch.Tensor] | None = None
 
     @property
@@ -160,7 +158,7 @@ class _MergedEvaluation:
 @dataclass
 class _LoRAMergeOptions:
     training: str = "independent"  # independent: each task's LoRA from the base model; sequential: one LoRA continued
-    scale: float | None = None  # lambda; None = the rule's default (see its `default_scale`)
+    scale: float | None = None  # lambda; None = the rule's default (merge-ta, merge-dare: 1/n; merge-ties: 1)
 
     def _check(self, name: str, **rules: str) -> None:
         check_choice(name, self, "training", TRAINING)
@@ -288,7 +286,6 @@ class TaskArithmetic(_LoRAMerge):
     name = "merge-ta"
     description = "one LoRA per task; evaluates W0 + lambda * sum of the task deltas (task arithmetic)"
     Options = TaskArithmeticOptions
-    default_scale = "1/n (the mean of the n task vectors, MagMax's task-arithmetic baseline)"
 
     def merge_bank(self, name, deltas, index):
         return task_arithmetic(deltas, self.scale)
@@ -298,7 +295,6 @@ class TIES(_LoRAMerge):
     name = "merge-ties"
     description = "one LoRA per task; evaluates the TIES merge (trim, elect sign, disjoint mean) of the task deltas"
     Options = TIESOptions
-    default_scale = "1 (the TIES paper's value without a validation set)"
 
     @property
     def scale(self) -> float:
@@ -319,7 +315,6 @@ class DARE(_LoRAMerge):
     name = "merge-dare"
     description = "one LoRA per task; evaluates the DARE merge (random drop + rescale, then task arithmetic)"
     Options = DAREOptions
-    default_scale = "1/n with combine=linear (as merge-ta), 1 with combine=ties (as merge-ties)"
 
     @property
     def scale(self) -> float:
@@ -352,7 +347,6 @@ class MagMax(_MergedEvaluation, Method):
     full_finetuning = True
     supports_corpus_tasks = False
     pet_kind = "full"
-    default_scale = "0.5"
 
     def __init__(self, config, options=None):
         super().__init__(config, options)
