@@ -98,7 +98,7 @@ class OSF(Method):
         accelerator = getattr(self.context, "accelerator", None)
         if accelerator is not None and engine_name(accelerator).startswith("deepspeed"):
             raise ContinualLMError("method osf: DeepSpeed keeps its own copy of the weights and would undo the "
-                                   "subspace projection of every step; run osf on one process or with DDP/FSDP")
+                                   "subspace projection of every step; run osf on one process or with DDP")
         self.model = model
         self.targets = osf_targets(model, self.options.targets)
         model.requires_grad_(False)
