@@ -76,9 +76,10 @@ class Variant:
             self.method.setup(self.model, backbone)
             for i, task in enumerate(tasks):
                 self.method.before_task(self.model, i, task)
+                examples = [TrainExample(i, ex) for ex in task.train[:8]]
                 if i < len(tasks) - 1:
-                    examples = [TrainExample(i, ex) for ex in task.train[:8]]
                     self.method.after_task(self.model, i, task, examples)
+            self.method.train_examples(len(tasks) - 1, examples)  # as the loop starts a phase (OSF decomposes here)
         for module in self.model.modules():  # no early stop: every variant decodes exactly the same number of tokens
             if getattr(module, "generation_config", None) is not None:
                 module.generation_config.eos_token_id = None

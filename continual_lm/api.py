@@ -99,6 +99,12 @@ def _is_static(run: LoadedRun) -> bool:
     return bool(banks) and all(bank.mixer is None for bank in banks.values())
 
 
+def _evaluated_model(run: LoadedRun):
+    """``evaluated_model(model)`` of a method whose evaluation uses other weights than its trained state (the merge
+    of its task vectors: methods/merging.py), else None."""
+    return getattr(getattr(run.method, "base", run.method), "evaluated_model", None)
+
+
 def _peft_adapter(run: LoadedRun, out: Path, pieces: dict[str, tuple[torch.Tensor, torch.Tensor]], rank: int,
                   alpha: float) -> None:
     from peft import LoraConfig
@@ -121,6 +127,10 @@ def export_run(run: LoadedRun, out: str | Path, fmt: str = "peft") -> dict[str, 
     (banks + selector, safetensors) next to the per-task adapters, and the summary says so."""
     if fmt != "peft":
         raise ContinualLMError(f"--format {fmt!r}: expected 'peft'")
+    if _evaluated_model(run) is not None:
+        raise ContinualLMError(f"method {run.config.method} evaluates a merge of its task vectors, which no LoRA "
+                               f"adapter holds (a TIES/DARE/MagMax merge is not low-rank); use `continual-lm merge` "
+                               f"to write the evaluated model")
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise ContinualLMError(f"export directory {out} already exists and is not empty")
@@ -167,11 +177,12 @@ def merge_run(run: LoadedRun, out: str | Path) -> Path:
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise ContinualLMError(f"merge directory {out} already exists and is not empty")
-    banks = find_lora_banks(run.model)
+    fold = _evaluated_model(run)
+    model = fold(run.model) if fold is not None else run.model  # merging methods: their merged weights, no banks
+    banks = find_lora_banks(model)
     if banks and not _is_static(run):
         raise ContinualLMError(f"method {run.config.method} mixes its LoRAs depending on the input; its model cannot "
                                f"be merged into static weights (use `continual-lm export`)")
-    model = run.model
     with torch.no_grad():
         for name, bank in banks.items():
             bank.base.weight += bank.delta_weight().to(bank.base.weight.dtype)

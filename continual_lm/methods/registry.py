@@ -23,6 +23,11 @@ METHODS: dict[str, str] = {
     "epi": "continual_lm.methods.epi:EPI",
     "l2p": "continual_lm.methods.l2p:L2P",
     "progprompt": "continual_lm.methods.progprompt:ProgPrompt",
+    "osf": "continual_lm.methods.osf:OSF",
+    "merge-ta": "continual_lm.methods.merging:TaskArithmetic",
+    "merge-ties": "continual_lm.methods.merging:TIES",
+    "merge-dare": "continual_lm.methods.merging:DARE",
+    "magmax": "continual_lm.methods.merging:MagMax",
 }
 
 
