@@ -8,7 +8,7 @@ import torch
 from continual_lm.config import LoRAConfig
 from continual_lm.errors import ContinualLMError
 from continual_lm.methods.base import build_method
-from continual_lm.methods.migu import default_threshold
+from continual_lm.methods.migu import default_threshold, smallest_units
 from continual_lm.methods.registry import METHODS
 from continual_lm.models.backbone import load_backbone
 from continual_lm.models.inject import find_lora_banks
@@ -165,6 +165,13 @@ def test_a_new_lora_with_B_zero_updates_every_row_of_B_in_its_first_step(tmp_pat
     assert bank.lora_B[0].grad.abs().sum() > 0 and not _zero_rows(bank.lora_B[0].grad)
 
 
+def test_ties_are_broken_by_unit_index_and_a_full_tie_masks_nothing():
+    assert smallest_units(torch.tensor([3.0, 1.0, 2.0, 1.0, 1.0, 5.0]), 0.5).tolist() == [1, 3, 4]
+    assert smallest_units(torch.tensor([2.0, 1.0, 1.0, 1.0]), 0.5).tolist() == [1, 2]  # not 3: by index
+    assert smallest_units(torch.zeros(8), 0.7).numel() == 0  # x_B = 0 (B = 0): nothing can be ranked
+    assert smallest_units(torch.arange(10.0), 0.7).tolist() == list(range(7))  # floor(0.7 * 10) = 7
+
+
 def test_inclora_ranks_the_trained_B_by_its_own_xB_not_by_the_frozen_loras(tmp_path):
     model, method = _setup(tmp_path, "inclora+migu", lora=LoRAConfig(r=8, dropout=0.0))
     method.before_task(model, 1, None)  # a second LoRA; the first is frozen
@@ -210,7 +217,8 @@ class StepRecorder:
                 self.pending = None
 
         monkeypatch.setattr(MIGU, "after_backward", after_backward)
-        monkeypatch.setattr(MIGU, "before_forward", lambda migu, model, batch: (close(), original_forward(migu, model, batch)))
+        monkeypatch.setattr(MIGU, "before_forward",
+                            lambda migu, model, batch: (close(), original_forward(migu, model, batch)))
         monkeypatch.setattr(MIGU, "after_task", lambda migu, *a: (close(), original_after_task(migu, *a)))
 
 

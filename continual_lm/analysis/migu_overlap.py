@@ -50,8 +50,8 @@ def ranked_key(statistics: dict[str, torch.Tensor], layer: str) -> str:
     prefix = f"{layer}.lora_B."
     loras = [int(key[len(prefix):]) for key in statistics if key.startswith(prefix)]
     if not loras:
-        raise ContinualLMError(f"--layer {layer}: the run's final model trains no LoRA of this bank, and MIGU ranks the "
-                               f"rows of the B being trained; choose a layer whose LoRA is trainable")
+        raise ContinualLMError(f"--layer {layer}: the run's final model trains no LoRA of this bank, and MIGU ranks "
+                               f"the rows of the B being trained; choose a layer whose LoRA is trainable")
     return f"{prefix}{max(loras)}"
 
 
