@@ -4,10 +4,11 @@
     python bench/migu_speed.py --device cuda --batch 16 --seq 256 --out bench/migu_speed_gpu
 
 A step is what the loop does per batch: before_forward, forward, extra_loss, backward, after_backward, AdamW step,
-zero_grad. The methods are the project's own (build_method(RunConfig(method="seqlora+migu")), setup, before_task).
-For each (model, mode) two copies of the same weights are trained on the same batch, plain and +migu, steps
-interleaved in sandwiches (plain migu plain / migu plain migu); the overhead is the median over sandwiches of
-mean(migu) / mean(plain) - 1 (also reported: the ratio of the fastest steps, robust to load from other users).
+after_optimizer_step (MIGU's default --migu-mask update writes the masked rows back there), zero_grad. The methods
+are the project's own (build_method(RunConfig(method="seqlora+migu")), setup, before_task). For each (model,
+mode) two copies of the same weights are trained on the same batch, plain and +migu, steps interleaved in
+sandwiches (plain migu plain / migu plain migu); the overhead is the median over sandwiches of mean(migu) /
+mean(plain) - 1 (also reported: the ratio of the fastest steps, robust to load from other users).
 
 Models: ``smollm2-135m`` (the real cached weights; with --random-smollm2, or when it cannot be loaded, a random
 model of the same architecture, which times the same) and a larger random Llama (hidden 1024, 4 layers).
@@ -97,6 +98,7 @@ class Trainer:
         sync()
         self.after_backward_s.append(time.perf_counter() - masking_start)
         self.optimizer.step()
+        method.after_optimizer_step(model, self.optimizer)
         self.optimizer.zero_grad(set_to_none=True)
         sync()
         return time.perf_counter() - start

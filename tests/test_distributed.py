@@ -104,6 +104,27 @@ with open(f"gathered_{accelerator.process_index}.json", "w") as f:  # one file p
 '''
 
 
+# MIGU under DDP: every process must mask, and write back, the same rows (its statistics are summed over processes);
+# DDP averages gradients but never re-syncs parameters, so a process that masked other rows would hold other
+# weights. Each rank saves its own LoRA weights after a 2-phase run. (MIGU is not compared with a 1-process run:
+# after a LoRA's first AdamW step B's entries are all +-lr, its rows' |x_B| nearly tie, and float summation order
+# alone reorders them.)
+MIGU_RANKS_CHECK = '''
+from safetensors.torch import save_file
+from continual_lm.config import LoRAConfig, RunConfig
+from continual_lm.train.loop import build_runner, prepare_run_dir
+
+config = RunConfig(benchmark="demo", method="inclora+migu", model="tiny-random-llama", seed=3,
+                   tasks=["sentiment", "number_sign"], max_train_per_task=16, max_test_per_task=2,
+                   max_input_length=64, max_target_length=4, batch_size=4, eval_batch_size=2, lr=5e-3,
+                   lora=LoRAConfig(dropout=0.0), progress=False)
+runner = build_runner(config, prepare_run_dir(config, "migu_ranks", resume=False, overwrite=False))
+runner.run()
+save_file({n: p.detach().contiguous() for n, p in runner.model.named_parameters() if "lora_" in n},
+          f"migu_rank{runner.accelerator.process_index}.safetensors")
+'''
+
+
 @pytest.fixture(scope="module")
 def two_process_runs(tmp_path_factory):
     """One `accelerate launch` of 2 processes (process start-up dominates the cost on CPU): the sharded-evaluation
@@ -112,7 +133,8 @@ def two_process_runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp")
     outputs = {m: tmp / m.replace("+", "_") for m in DDP_METHODS}
     runs = [_cli_args(m, out, batch_size=4)[2:] for m, out in outputs.items()]  # without "-m continual_lm"
-    driver = GATHER_CHECK + f"\nfrom continual_lm.cli import main\nfor argv in {runs!r}:\n    assert main(argv) == 0\n"
+    driver = (GATHER_CHECK + MIGU_RANKS_CHECK
+              + f"\nfrom continual_lm.cli import main\nfor argv in {runs!r}:\n    assert main(argv) == 0\n")
     (tmp / "driver.py").write_text(driver)
     process = _launch([str(tmp / "driver.py")], tmp)
     references = {m: _reference(tmp / f"ref_{m.replace('+', '_')}", m, batch_size=8) for m in outputs}
@@ -145,6 +167,14 @@ def test_sharded_evaluation_is_gathered_in_input_order(two_process_runs):
         gathered = json.loads((tmp / f"gathered_{rank}.json").read_text())
         assert gathered["world"] == 2
         assert [p.split()[0] for p in gathered["preds"]] == [f"item{i}" for i in range(7)]
+
+
+def test_migu_masks_and_writes_back_the_same_rows_on_every_process(two_process_runs):
+    tmp = two_process_runs[2]
+    ranks = [load_file(tmp / f"migu_rank{rank}.safetensors") for rank in (0, 1)]
+    assert ranks[0].keys() == ranks[1].keys() and any(".lora_B.1" in k for k in ranks[0])
+    assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])
+    assert all(ranks[0][k].abs().sum() > 0 for k in ranks[0] if ".lora_B." in k)  # both LoRAs trained
 
 
 def _final_weights(out: Path, phases: int) -> dict[str, torch.Tensor]:

@@ -8,7 +8,7 @@ import torch
 from continual_lm.config import LoRAConfig
 from continual_lm.errors import ContinualLMError
 from continual_lm.methods.base import build_method
-from continual_lm.methods.migu import default_threshold
+from continual_lm.methods.migu import default_threshold, smallest_units
 from continual_lm.methods.registry import METHODS
 from continual_lm.models.backbone import load_backbone
 from continual_lm.models.inject import find_lora_banks
@@ -82,7 +82,9 @@ def test_full_ft_masks_exactly_the_smallest_rows_and_they_do_not_move(tmp_path):
     assert not _zero_rows(model.lm_head.weight.grad)
 
     before = layer.weight.detach().clone()
-    torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.0).step()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.1)
+    optimizer.step()
+    method.after_optimizer_step(model, optimizer)  # weight decay alone would move every row
     unchanged = set((layer.weight == before).all(dim=1).nonzero().flatten().tolist())
     assert unchanged == expected
 
@@ -120,13 +122,20 @@ def test_padding_tokens_do_not_change_the_mask(tmp_path, model_name):
         assert any(not torch.allclose(a[n], c[n], rtol=1e-4, atol=1e-6) for n in a)
 
 
-def test_lora_masks_A_by_Ax_and_B_by_the_adapted_layer_output(tmp_path):
-    model, method = _setup(tmp_path, "seqlora+migu", lora=LoRAConfig(r=8, dropout=0.0))
+def _lora_setup_with_values(tmp_path, spec="seqlora+migu"):
+    model, method = _setup(tmp_path, spec, lora=LoRAConfig(r=8, dropout=0.0))
+    with torch.no_grad():  # B starts at zero (A would get no gradient, x_B = 0): give every B values
+        for bank in find_lora_banks(model).values():
+            for B in bank.lora_B:
+                B.normal_(0, 0.1)
+    return model, method
+
+
+def test_lora_masks_A_by_xA_and_B_by_its_own_output_xB(tmp_path):
+    """Paper §3.2: rows of A by x_A = A x, rows of B by x_B = B A x, "rather than the output of h" = W0 x + s B A x."""
+    model, method = _lora_setup_with_values(tmp_path)
     name, bank = next(iter(find_lora_banks(model).items()))
     assert set(method.migu.targets) == set(find_lora_banks(model))
-    with torch.no_grad():  # B starts at zero (A would get no gradient): give it values
-        for b in find_lora_banks(model).values():
-            b.lora_B[0].normal_(0, 0.1)
     seen = {}
     bank.register_forward_hook(lambda m, i, o: seen.update(x=i[0].detach(), out=o.detach()))
     batch = _batch([10, 6, 13])
@@ -134,14 +143,137 @@ def test_lora_masks_A_by_Ax_and_B_by_the_adapted_layer_output(tmp_path):
 
     mask = batch["attention_mask"]
     A, B = bank.lora_A[0], bank.lora_B[0]
-    ax = seen["x"] @ A.detach().T
-    expected_a = _smallest(_masked_mean_distribution(ax, mask), math.floor(0.7 * bank.r))
-    expected_b = _smallest(_masked_mean_distribution(seen["out"], mask), math.floor(0.7 * bank.out_features))
+    x_a = seen["x"] @ A.detach().T
+    x_b = x_a @ B.detach().T
+    d_out = bank.out_features
+    expected_a = _smallest(_masked_mean_distribution(x_a, mask), math.floor(0.7 * bank.r))
+    expected_b = _smallest(_masked_mean_distribution(x_b, mask), math.floor(0.7 * d_out))
     assert _zero_rows(A.grad) == expected_a
     assert _zero_rows(B.grad) == expected_b
-    own_output = _smallest(_masked_mean_distribution(ax @ B.detach().T, mask), math.floor(0.7 * bank.out_features))
-    assert own_output != expected_b  # B's own output would give another mask: the rule matters
+    by_h = _smallest(_masked_mean_distribution(seen["out"], mask), math.floor(0.7 * d_out))
+    assert by_h != expected_b  # the adapted layer's output h would give another mask: the rule matters
     assert bank.base.weight.grad is None
+
+
+def test_a_new_lora_with_B_zero_updates_every_row_of_B_in_its_first_step(tmp_path):
+    """B = 0 gives x_B = 0 for every token: all d_out magnitudes tie, nothing can be ranked, no row of B is masked
+    (the reference's activation >= quantile keeps every tied unit too). A is still ranked by x_A."""
+    model, method = _setup(tmp_path, "seqlora+migu", lora=LoRAConfig(r=8, dropout=0.0))
+    bank = next(iter(find_lora_banks(model).values()))
+    assert not bank.lora_B[0].any()
+    _step(model, method, _batch([10, 6, 13]))
+    assert bank.lora_B[0].grad.abs().sum() > 0 and not _zero_rows(bank.lora_B[0].grad)
+
+
+def test_ties_are_broken_by_unit_index_and_a_full_tie_masks_nothing():
+    assert smallest_units(torch.tensor([3.0, 1.0, 2.0, 1.0, 1.0, 5.0]), 0.5).tolist() == [1, 3, 4]
+    assert smallest_units(torch.tensor([2.0, 1.0, 1.0, 1.0]), 0.5).tolist() == [1, 2]  # not 3: by index
+    assert smallest_units(torch.zeros(8), 0.7).numel() == 0  # x_B = 0 (B = 0): nothing can be ranked
+    assert smallest_units(torch.arange(10.0), 0.7).tolist() == list(range(7))  # floor(0.7 * 10) = 7
+
+
+def test_inclora_ranks_the_trained_B_by_its_own_xB_not_by_the_frozen_loras(tmp_path):
+    model, method = _setup(tmp_path, "inclora+migu", lora=LoRAConfig(r=8, dropout=0.0))
+    method.before_task(model, 1, None)  # a second LoRA; the first is frozen
+    name, bank = next(iter(find_lora_banks(model).items()))
+    assert bank.num_loras == 2 and not bank.lora_B[0].requires_grad and bank.lora_B[1].requires_grad
+    with torch.no_grad():
+        for b in find_lora_banks(model).values():
+            b.lora_B[0].normal_(0, 0.5)  # a large frozen LoRA dominates the LoRA sum
+            b.lora_B[1].normal_(0, 0.01)
+    seen = {}
+    bank.register_forward_hook(lambda m, i, o: seen.update(x=i[0].detach()))
+    batch = _batch([10, 6, 13])
+    _step(model, method, batch)
+
+    mask, k = batch["attention_mask"], math.floor(0.7 * bank.out_features)
+    x_b = [seen["x"] @ bank.lora_A[i].detach().T @ bank.lora_B[i].detach().T for i in (0, 1)]
+    own = _smallest(_masked_mean_distribution(x_b[1], mask), k)
+    assert _zero_rows(bank.lora_B[1].grad) == own
+    assert _smallest(_masked_mean_distribution(x_b[0] + x_b[1], mask), k) != own  # the LoRA sum would differ
+    assert bank.lora_A[0].grad is None and bank.lora_B[0].grad is None
+
+
+class StepRecorder:
+    """Spies on MIGU in the real loop: after each after_backward, the trained LoRA matrices and their zeroed gradient
+    rows (the mask); at the next before_forward (or the end of the phase), which of their rows changed in the step."""
+
+    def __init__(self, monkeypatch):
+        from continual_lm.methods.migu import MIGU
+
+        self.steps, self.pending = [], None
+        original_backward, original_forward, original_after_task = MIGU.after_backward, MIGU.before_forward, \
+            MIGU.after_task
+
+        def after_backward(migu, model):
+            original_backward(migu, model)
+            self.pending = {n: (p, p.detach().clone(), (p.grad == 0).all(dim=1)) for n, p in model.named_parameters()
+                            if p.grad is not None and "lora_" in n}
+
+        def close(*args):
+            if self.pending is not None:
+                self.steps.append({n: (masked, (p.detach() != before).any(dim=1))
+                                   for n, (p, before, masked) in self.pending.items()})
+                self.pending = None
+
+        monkeypatch.setattr(MIGU, "after_backward", after_backward)
+        monkeypatch.setattr(MIGU, "before_forward",
+                            lambda migu, model, batch: (close(), original_forward(migu, model, batch)))
+        monkeypatch.setattr(MIGU, "after_task", lambda migu, *a: (close(), original_after_task(migu, *a)))
+
+
+@pytest.mark.parametrize("mode", ["update", "gradient"])
+def test_masked_rows_do_not_move_in_their_step_under_update_masking(tmp_path, monkeypatch, mode):
+    """Paper §3.1: W <- W - lr (M * grad W). With AdamW (the loop's optimizer) zeroing the gradient rows is not enough:
+    the moments keep moving the masked rows. --migu-mask update (default): the fraction of rows changed per step is
+    exactly the unmasked fraction; --migu-mask gradient (the old behaviour) lets masked rows move."""
+    recorder = StepRecorder(monkeypatch)
+    options = {} if mode == "update" else {"migu": {"mask": "gradient"}}
+    _run_with(tmp_path, "seqlora+migu", method_options=options)
+    assert len(recorder.steps) >= 6
+    moved_masked = 0
+    for step in recorder.steps[1:]:  # step 0: B = 0, every row of B is updated (the tie rule)
+        for name, (masked, changed) in step.items():
+            if ".lora_B." in name:
+                assert int(masked.sum()) == math.floor(0.7 * masked.numel()), name
+                assert changed[~masked].all(), name  # every unmasked row takes its AdamW step
+            moved_masked += int((changed & masked).sum())
+    if mode == "update":
+        assert moved_masked == 0
+        for step in recorder.steps[1:]:  # the fraction of B rows changed per step = the unmasked fraction 1 - T
+            for name, (masked, changed) in step.items():
+                if ".lora_B." in name:
+                    n = changed.numel()
+                    assert int(changed.sum()) == n - math.floor(0.7 * n), name
+    else:
+        assert moved_masked > 0  # the AdamW moments moved masked rows
+
+
+@pytest.mark.parametrize("optimizer", ["AdamW", "SGD", "RMSprop"])
+def test_update_masking_keeps_the_masked_rows_of_parameters_and_optimizer_state(tmp_path, optimizer):
+    """Any torch optimizer: in a step, a masked row keeps its value and its rows of every optimizer state tensor of
+    the parameter's shape (AdamW's exp_avg/exp_avg_sq, SGD's momentum buffer, RMSprop's square_avg)."""
+    model, method = _lora_setup_with_values(tmp_path)
+    params = [p for p in model.parameters() if p.requires_grad]
+    kwargs = {"SGD": dict(momentum=0.9), "AdamW": dict(weight_decay=0.1)}.get(optimizer, {})
+    opt = getattr(torch.optim, optimizer)(params, lr=1e-2, **kwargs)
+    bank = next(iter(find_lora_banks(model).values()))
+    B = bank.lora_B[0]
+    for step in range(3):
+        _step(model, method, _batch([10, 6, 13], seed=step))
+        masked = (B.grad == 0).all(dim=1)
+        before = B.detach().clone()
+        state_before = {k: v.clone() for k, v in opt.state[B].items() if torch.is_tensor(v) and v.shape == B.shape}
+        opt.step()
+        method.after_optimizer_step(model, opt)
+        opt.zero_grad(set_to_none=True)
+        assert int(masked.sum()) == math.floor(0.7 * B.shape[0])
+        changed = (B.detach() != before).any(dim=1)
+        assert not changed[masked].any() and changed[~masked].all()
+        for key, value in state_before.items():  # from the second step on the state exists before the step
+            assert torch.equal(opt.state[B][key][masked], value[masked]), key
+            assert not torch.equal(opt.state[B][key][~masked], value[~masked]), key
+        assert step == 0 or state_before
 
 
 def test_inclora_with_migu_keeps_frozen_loras_and_the_base_fixed(tmp_path):
@@ -177,6 +309,9 @@ def test_threshold_defaults_per_composition_and_option_errors(tmp_path):
         build_method(tiny_config(tmp_path, "seqlora+migu", method_options={"migu": {"threshold": 1.5}}))
     with pytest.raises(ContinualLMError, match="--migu-modules"):
         _setup(tmp_path, "seqft+migu", method_options={"migu": {"modules": "nothing_like_this"}})
+    assert build_method(tiny_config(tmp_path, "seqlora+migu")).parts[1].options.mask == "update"
+    with pytest.raises(ContinualLMError, match="--migu-mask: expected one of update, gradient, got 'grad'"):
+        build_method(tiny_config(tmp_path, "seqlora+migu", method_options={"migu": {"mask": "grad"}}))
 
 
 def test_modules_option_restricts_the_masked_layers(tmp_path):

@@ -2,8 +2,9 @@
 
 With the run's final model, feed ``--samples`` training examples of each task and rank the output units of one
 layer by MIGU's magnitude statistic (L1-normalised |W x| averaged over the non-padding tokens; for a LoRA run the
-layer is a LoRA bank and its output is the adapted layer's output). The *updated positions* of a task are the units
-MIGU would update, the 1 - T fraction of largest magnitude. Cell (i, j) is the overlap ratio
+layer is a LoRA bank and the units are the rows of the newest trainable LoRA's B, ranked by its own output
+x_B = B A x, as MIGU ranks them). The *updated positions* of a task are the units MIGU would update, the 1 - T
+fraction of largest magnitude. Cell (i, j) is the overlap ratio
 |U_i & U_j| / |U_i|. Run it on a `seqlora` run and on a `seqlora+migu` run for the paper's "without / with MIGU".
 Writes RUN_DIR/migu_overlap_heatmap.png (shown by the run report) and a JSON with the matrix next to it.
 """
@@ -35,10 +36,23 @@ def updated_positions(runner, layer: str, task_index: int, samples: int, thresho
                 method.forward(model, batch)
     finally:
         stats.remove()
-    magnitude = stats.output[layer]
+    magnitude = stats.output[ranked_key(stats.output, layer)]
     updated = torch.ones_like(magnitude, dtype=torch.bool)
     updated[smallest_units(magnitude, threshold)] = False
     return updated
+
+
+def ranked_key(statistics: dict[str, torch.Tensor], layer: str) -> str:
+    """The statistic of ``layer`` that ranks its output units: its own (a linear layer) or, for a LoRA bank, that of
+    the newest trainable LoRA's B (``{layer}.lora_B.{i}``)."""
+    if layer in statistics:
+        return layer
+    prefix = f"{layer}.lora_B."
+    loras = [int(key[len(prefix):]) for key in statistics if key.startswith(prefix)]
+    if not loras:
+        raise ContinualLMError(f"--layer {layer}: the run's final model trains no LoRA of this bank, and MIGU ranks "
+                               f"the rows of the B being trained; choose a layer whose LoRA is trainable")
+    return f"{prefix}{max(loras)}"
 
 
 def overlap_matrix(positions: list[torch.Tensor]) -> list[list[float]]:

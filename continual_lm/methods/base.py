@@ -12,6 +12,9 @@ Per phase: before_task(i, task)                          grow/freeze structure (
            extra_loss(model, batch, outputs) -> tensor    regularisers (L1, KL, orthogonality, EWC)
            after_backward(model)                          gradient edits (MIGU masks) before the optimiser step
            optimizer_groups(params, lr) -> param groups   the AdamW parameter groups of a phase (own lrs per part)
+           after_optimizer_step(model, optimizer)         right after each real optimiser step (gradients synced;
+                                                         not under DeepSpeed, which steps inside backward): MIGU
+                                                         writes back the rows its mask kept out of the step
            after_task(i, task, train_examples)            compute state (Fisher, memory, stored attention)
 Eval:      generate(model, batch, max_new_tokens)        batch holds input_ids/attention_mask only; the task id
                                                          is added (batch["task_ids"]) only when the method
@@ -139,6 +142,9 @@ class Method:
         return None
 
     def after_backward(self, model: nn.Module) -> None:
+        pass
+
+    def after_optimizer_step(self, model: nn.Module, optimizer) -> None:
         pass
 
     def after_task(self, model: nn.Module, task_index: int, task: Task, examples: list[TrainExample]) -> None:
@@ -293,6 +299,10 @@ class Composite(Method):
     def after_backward(self, model):
         for part in self.parts:
             part.after_backward(model)
+
+    def after_optimizer_step(self, model, optimizer):
+        for part in self.parts:
+            part.after_optimizer_step(model, optimizer)
 
     def after_task(self, model, task_index, task, examples):
         for part in self.parts:

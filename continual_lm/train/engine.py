@@ -8,16 +8,16 @@ training of a phase is wrapped:
 * one process, DDP: trained in place; DDP wraps the model for the phase (``accelerator.prepare_model``).
 * DeepSpeed ZeRO-1/2: trained in place inside a DeepSpeed engine built for the phase with its optimizer and data
   loader (optimizer states and gradients are partitioned, parameters stay whole). The engine clips
-  gradients and steps the optimizer inside ``accelerator.backward``, so a method that edits
-  gradients between backward and step (``after_backward``: MIGU) is refused. ``free_memory`` destroys the engine,
-  which removes its gradient hooks from the parameters.
+  gradients and steps the optimizer inside ``accelerator.backward``, so a method that edits gradients between
+  backward and step, or the step's result (``after_backward``, ``after_optimizer_step``: MIGU), is refused.
+  ``free_memory`` destroys the engine, which removes its gradient hooks from the parameters.
 * DeepSpeed ZeRO-3, FSDP2: these partition the parameters themselves, and neither can be undone in place nor
   grow. The phase trains a copy of the model (``copy.deepcopy``) that the engine partitions; at the end every
   process gathers the copy's trained tensors (FSDP2 ``full_tensor``, ZeRO-3 ``GatheredParameters``) into the
   plain model and the copy is released. Memory per process: the whole model plus 1/N of the copy's parameters,
   gradients and optimizer states. Because the methods' own hooks see the plain model, only methods that train
-  through the wrapped model's forward alone are accepted (no own ``forward``, ``extra_loss``, ``before_forward``
-  or ``after_backward``).
+  through the wrapped model's forward alone are accepted (no own ``forward``, ``extra_loss``, ``before_forward``,
+  ``after_backward`` or ``after_optimizer_step``).
 """
 from __future__ import annotations
 
@@ -66,8 +66,10 @@ def _parts(method: Method) -> list[Method]:
 
 
 def edits_gradients(method: Method) -> list[str]:
-    """Names of the method's parts that change gradients between backward and the optimizer step."""
-    return [p.name for p in _parts(method) if overrides(type(p), "after_backward")]
+    """Names of the method's parts that change gradients between backward and the optimizer step, or the step's
+    result right after it."""
+    return [p.name for p in _parts(method)
+            if overrides(type(p), "after_backward") or overrides(type(p), "after_optimizer_step")]
 
 
 def shards_parameters(accelerator) -> bool:
@@ -77,7 +79,7 @@ def shards_parameters(accelerator) -> bool:
 
 def hooks_outside_forward(method: Method) -> list[str]:
     """``part.hook`` for each training hook a part of the method defines besides the model's own forward."""
-    hooks = ("forward", "extra_loss", "before_forward", "after_backward")
+    hooks = ("forward", "extra_loss", "before_forward", "after_backward", "after_optimizer_step")
     return [f"{p.name}.{h}" for p in _parts(method) for h in hooks if overrides(type(p), h)]
 
 
