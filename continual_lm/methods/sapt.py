@@ -380,6 +380,7 @@ class SAPTLoRA(SAPT, LoRAMethod):
 
 class SAPTPrompt(SAPT):
     name = "sapt-prompt"
+    pet_kind = "prompt"
     description = "SAPT with a soft prompt per task, combined by an input-level shared attention (no task id)"
     Options = SAPTPromptOptions
 
