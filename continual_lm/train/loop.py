@@ -117,7 +117,7 @@ def read_single_task_reference(run_dir: str, tasks: list[Task], method: Method) 
         raise ContinualLMError(f"{flag}: a run of method {results.get('method')!r} without 'single_task' scores "
                                f"(expected a run of method `single`)")
     reference = results["single_task"]
-    missing = [t.name for t in tasks if reference.get(t.name) is None]
+    missing = [t.name for t in tasks if t.name not in reference]
     if missing:
         raise ContinualLMError(f"{flag}: no single-task score for {', '.join(missing)}")
     kind = results.get("pet_kind")
