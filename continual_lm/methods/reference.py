@@ -23,7 +23,8 @@ class ReferenceOptions:
 
     def validate(self):  # shared by mtl and single, so the errors name both flags
         if self.pet not in PET_KINDS:
-            raise ContinualLMError(f"--single-pet / --mtl-pet: expected one of {', '.join(PET_KINDS)}, got {self.pet!r}")
+            raise ContinualLMError(f"--single-pet / --mtl-pet: expected one of {', '.join(PET_KINDS)}, "
+                                   f"got {self.pet!r}")
         if isinstance(self.prompt_length, bool) or not isinstance(self.prompt_length, int) or self.prompt_length < 1:
             raise ContinualLMError(f"--single-prompt-length / --mtl-prompt-length: expected an integer >= 1, got "
                                    f"{self.prompt_length!r}")

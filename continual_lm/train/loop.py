@@ -512,7 +512,8 @@ def build_runner(config: RunConfig, path: Path, *, backbone=None, write_config: 
     from accelerate.utils import set_seed
 
     method = build_method(config)  # validates the method spec and its options before any heavy work
-    check_task_names_in_prompts(config, method)
+    if write_config:  # a run that trains (not a finished run loaded for predict/export, which may have moved)
+        check_task_names_in_prompts(config, method)
     # Several processes on a machine without an accelerator: cpu=True makes accelerate form a gloo process group
     # instead of running independent copies that all write the run directory.
     cpu_processes = _cpu_processes()
@@ -523,7 +524,7 @@ def build_runner(config: RunConfig, path: Path, *, backbone=None, write_config: 
     stream = load_stream_for(config)
     check_corpus_method(method, stream.tasks)
     single_task = None
-    if config.single_task_from and config.method != "single":  # every input checked before anything trains
+    if write_config and config.single_task_from and config.method != "single":  # checked before anything trains
         single_task = read_single_task_reference(config.single_task_from, stream.tasks, method)
     config.order = stream.order
     config.output_dir = str(path)
