@@ -149,3 +149,14 @@ def test_without_a_preset_config_yaml_still_records_every_option_and_the_lr(tmp_
     assert saved["lr"] == 1e-3 and saved["preset"] is None and results["preset"] is None
     assert saved["method_options"] == {"inclora": {}, "replay": {"fraction": 0.02, "count": None}}
     assert not (tmp_path / "run" / "preset.json").exists()
+
+
+def test_the_preset_files_ship_in_the_wheel():
+    import tomllib
+
+    from helpers import ROOT
+
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"][
+        "continual_lm.presets"]
+    files = [p.relative_to(presets.PRESET_ROOT) for p in presets.PRESET_ROOT.glob("*/*.yaml")]
+    assert files and all(any(f.match(pattern) for pattern in patterns) for f in files)
