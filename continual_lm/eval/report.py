@@ -21,7 +21,7 @@ TRAJECTORY_PNG = "task_trajectories.png"
 REPORT_MD = "report.md"
 SINGLE_METHOD = "single"  # the single-task reference run: each task ends with its own model
 # The declared protocol (results.json "protocol", methods/base.py): flag -> key, in the order shown.
-PROTOCOL_FLAGS = (("R", "replay"), ("P", "pseudo_samples"), ("Ttr", "task_id_at_train"), ("Tte", "task_id_at_test"),
+PROTOCOL_LETTERS = (("R", "replay"), ("P", "pseudo_samples"), ("Ttr", "task_id_at_train"), ("Tte", "task_id_at_test"),
                   ("N", "task_names_in_prompts"))
 PROTOCOL_LEGEND = ("R = replays stored real examples of earlier tasks, P = trains on generated pseudo samples of "
                    "earlier tasks, Ttr = uses task identity in training (per-task blocks, state or markers), "
@@ -33,7 +33,7 @@ def protocol_flags(protocol: dict | None) -> str:
     """The compact protocol column of a run ("R Ttr", "–" for none, "?" when results.json does not record it)."""
     if protocol is None:
         return "?"
-    return " ".join(flag for flag, key in PROTOCOL_FLAGS if protocol.get(key)) or DASH
+    return " ".join(flag for flag, key in PROTOCOL_LETTERS if protocol.get(key)) or DASH
 
 
 # ------------------------------------------------------------------------------------------------- helpers

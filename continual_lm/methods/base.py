@@ -21,6 +21,11 @@ End:       on_run_end(model)                             after the last phase, m
 State:     extra_state() / load_extra_state(tensors, meta)   method state that is not a model parameter.
 
 A ``+`` composition ("inclora+migu") is a Composite: the base method plus plugins, each hook called in order.
+
+Declared, not hooks: the protocol (``uses_task_id_at_train``, ``uses_task_id_at_test``, ``uses_replay``,
+``uses_pseudo_samples``; a Composite ORs them), the kind of PET block trained (``pet_kind``) and a default that
+differs from the paper's setup (``differs_from_paper``). ``Method.create(config)`` builds the object (a method may
+pick a variant class from its options).
 """
 from __future__ import annotations
 
@@ -103,10 +108,10 @@ class Method:
     uses_task_id_at_test: ClassVar[bool] = False  # evaluation hands it batch["task_ids"]
     uses_replay: ClassVar[bool] = False  # stored real examples of earlier tasks
     uses_pseudo_samples: ClassVar[bool] = False  # generated samples of earlier tasks
-    differs_from_paper: ClassVar[str] = ""
+    differs_from_paper: ClassVar[str] = ""  # a default that differs from the paper's setup (`continual-lm list`)
     # The kind of block the method trains: "lora", "prompt" (soft prompts) or "full" (every weight). Its FWT reference
     # must train the same kind (`--method single --single-pet KIND`; --single-task-from checks it).
-    pet_kind: ClassVar[str] = "lora"  # a default that differs from the paper's setup (`continual-lm list`)
+    pet_kind: ClassVar[str] = "lora"
     full_finetuning: ClassVar[bool] = False  # decides the default learning rate
     soft_prompt_tuning: ClassVar[bool] = False  # trains only soft prompts: a larger default learning rate
     # Continual pre-training (unlabelled corpus tasks, docs/continual_pretraining.md): False = refused; None = yes
