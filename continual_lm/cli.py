@@ -28,8 +28,13 @@ RUN_OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("max_test_per_class", dict(type=int)),
     ("max_input_length", dict(type=int, help="prompt tokens (the example's input text is shortened first)")),
     ("max_target_length", dict(type=int, help="target tokens for training and new tokens for generation")),
-    ("prompt_task_name", dict(action=argparse.BooleanOptionalAction, help="put the task name into prompts")),
+    ("prompt_task_name", dict(action=argparse.BooleanOptionalAction, help="put the task name into prompts (refused "
+                              "for methods that use no task id at test time, unless --allow-task-name-leak)")),
+    ("allow_task_name_leak", dict(action=argparse.BooleanOptionalAction,
+                                  help="allow --prompt-task-name for such a method (a leak experiment; recorded)")),
     ("mlm_probability", dict(type=float, help="masked LM share of corpus tokens (encoder-only models; default 0.15)")),
+    ("preset", dict(help="paper: the papers' hyper-parameters for this method, benchmark and model family "
+                         "(`continual-lm list`); the options you give win")),
     ("epochs", dict(type=int)),
     ("lr", dict(type=float, help="learning rate (default: 1e-3 PET methods, 2e-5 full fine-tuning)")),
     ("batch_size", dict(type=int, help="per-process training batch size")),
@@ -106,11 +111,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace):
-    from .config import RunConfig
+    from .config import RunConfig, read_yaml_mapping
 
     data: dict[str, Any] = {}
     if args.config:
-        data = RunConfig.from_yaml(args.config).to_dict()
+        RunConfig.from_yaml(args.config)  # its errors name the file
+        data = read_yaml_mapping(args.config)  # only the keys it gives: a preset fills the others
     for name, _ in RUN_OPTIONS:
         value = getattr(args, name)
         if name == "order" and value is not None:
@@ -233,17 +239,33 @@ def cmd_report(args) -> int:
 
 def cmd_list(args) -> int:
     from .data.benchmarks import list_benchmarks
+    from .eval.report import PROTOCOL_LEGEND, protocol_flags
+    from .methods.base import protocol
+    from .methods.reference import PET_KINDS
     from .methods.registry import METHODS, method_class
     from .models.backbone import MODEL_ALIASES
+    from .presets import preset_methods, preset_names
 
     print("Benchmarks (orders):")
     for name, orders in list_benchmarks().items():
         print(f"  {name:10s} {', '.join(orders) if orders else '(defined by --stream-file)'}")
+    presets = {name: preset_methods(name) for name in preset_names()}
     print("\nMethods (compose plugins with '+', e.g. inclora+migu):")
     for name in METHODS:
         cls = method_class(name)
         extra = f"  [+{', +'.join(cls.composable_with)}]" if cls.composable_with else ""
         print(f"  {name:12s} {cls.description}{extra}")
+        kind = cls.pet_kind if isinstance(cls.pet_kind, str) else f"{'|'.join(PET_KINDS)} (--{name}-pet)"
+        with_preset = [p for p, methods in presets.items() if name in methods]
+        details = [f"protocol: {protocol_flags(protocol(cls))}", f"trains: {'-' if cls.is_plugin else kind}",
+                   f"presets: {', '.join(with_preset) or 'none'}"]
+        print(f"  {'':12s} {'; '.join(details)}")
+        if cls.differs_from_paper:
+            print(f"  {'':12s} differs from paper: {cls.differs_from_paper}")
+    print(f"\nProtocol: {PROTOCOL_LEGEND}")
+    print("Presets (--preset NAME; values from continual_lm/presets/NAME/<method>.yaml, options you give win):")
+    for name, methods in presets.items():
+        print(f"  {name:10s} {', '.join(methods)}")
     print("\nModels (or a local folder, a .gguf file, a hub id):")
     for name, text in MODEL_ALIASES.items():
         print(f"  {name:18s} {text}")

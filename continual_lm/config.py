@@ -1,7 +1,12 @@
 """Run configuration: one dataclass, loaded from YAML and/or CLI options, validated with clear errors.
 
-A run directory's ``config.yaml`` holds the fully resolved configuration (every default filled in), so a run can
-be repeated or resumed from it alone.
+A run directory's ``config.yaml`` holds the fully resolved configuration (every default filled in, every method
+option's value, the learning rate used), so a run can be repeated or resumed from it alone.
+
+Which values the user gave is kept in ``RunConfig.given`` (dotted keys: "lr", "lora.r", "options.amlora.l1"), set by
+``from_dict``/``from_yaml`` from the keys present; a preset (``--preset paper``, continual_lm/presets) fills only the
+values not given, even where a given value equals the default. A RunConfig built directly in Python has
+``given = None``: then every value that differs from its default counts as given.
 """
 from __future__ import annotations
 
@@ -47,7 +52,9 @@ class RunConfig:
     max_input_length: int = 512
     max_target_length: int = 50
     prompt_task_name: bool = False
+    allow_task_name_leak: bool = False  # explicit opt-in: task names in prompts for a method that claims no task id
     mlm_probability: float = 0.15  # masked LM: share of each corpus block's tokens that are targets (encoder-only)
+    preset: str | None = None  # e.g. "paper": the papers' hyper-parameters, below the values given (presets/)
     # optimisation
     epochs: int = 1
     lr: float | None = None  # None = the method's default (1e-3 for PET methods, 2e-5 for full fine-tuning)
@@ -75,16 +82,31 @@ class RunConfig:
     trust_remote_code: bool = False
     progress: bool = True
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    given: frozenset[str] | None = field(default=None, repr=False, compare=False)  # not saved: see the docstring
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        data.pop("given")
+        return data
+
+    def is_given(self, key: str) -> bool:
+        """Whether the user gave the value at dotted ``key`` ("lr", "lora.r", "options.<method>.<field>")."""
+        if self.given is not None:
+            return key in self.given
+        if key.startswith("options."):
+            _, method, option = key.split(".", 2)
+            return option in (self.method_options.get(method) or {})
+        if key.startswith("lora."):
+            name = key[len("lora."):]
+            return getattr(self.lora, name) != getattr(LoRAConfig(), name)
+        return getattr(self, key) != getattr(RunConfig(), key)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "configuration") -> "RunConfig":
         if not isinstance(data, dict):
             raise ContinualLMError(f"{source}: expected a mapping of options, got {type(data).__name__}")
         data = dict(data)
-        names = {f.name for f in dataclasses.fields(cls)}
+        names = {f.name for f in dataclasses.fields(cls)} - {"given"}
         for key in data:
             if key not in names:
                 raise ContinualLMError(f"{source}: {unknown_choice('option', key, names)}")
@@ -95,20 +117,13 @@ class RunConfig:
         for key in lora:
             if key not in lora_names:
                 raise ContinualLMError(f"{source}: {unknown_choice('lora option', key, lora_names)}")
-        config = cls(**data, lora=LoRAConfig(**lora))
+        config = cls(**data, lora=LoRAConfig(**lora), given=_given_keys(data, lora))
         config.validate()
         return config
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "RunConfig":
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text())
-        except FileNotFoundError:
-            raise ContinualLMError(f"config file {path} does not exist") from None
-        except yaml.YAMLError as err:
-            raise ContinualLMError(f"config file {path} is not valid YAML: {err}") from None
-        return cls.from_dict(data or {}, source=str(path))
+        return cls.from_dict(read_yaml_mapping(path), source=str(path))
 
     def validate(self) -> None:
         def positive(name: str, allow_none: bool = False) -> None:
@@ -146,3 +161,32 @@ class RunConfig:
             self.order = str(self.order)
         if not isinstance(self.method_options, dict):
             raise ContinualLMError("method_options must map a method name to its options")
+        if self.preset is not None:
+            from .presets import preset_names
+
+            if self.preset not in preset_names():
+                raise ContinualLMError(f"--preset: {unknown_choice('preset', self.preset, preset_names())}")
+
+
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """The mapping of a YAML configuration file (empty file: {}), with clear errors."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ContinualLMError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as err:
+        raise ContinualLMError(f"config file {path} is not valid YAML: {err}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ContinualLMError(f"config file {path}: expected a mapping of options, got {type(data).__name__}")
+    return data or {}
+
+
+def _given_keys(data: dict[str, Any], lora: dict[str, Any]) -> frozenset[str]:
+    """The dotted keys of the values present in a configuration mapping (see ``RunConfig.is_given``)."""
+    keys = {k for k in data if k not in ("lora", "method_options")}
+    keys |= {f"lora.{k}" for k in lora}
+    method_options = data.get("method_options")
+    for method, options in (method_options.items() if isinstance(method_options, dict) else []):
+        keys |= {f"options.{method}.{k}" for k in (options if isinstance(options, dict) else {})}
+    return frozenset(keys)

@@ -89,10 +89,10 @@ def test_options_are_validated(tmp_path):
         _method(tmp_path, mode="some")
     with pytest.raises(ContinualLMError, match="--amlora-l1"):
         _method(tmp_path, l1=-1.0)
-    with pytest.raises(ContinualLMError, match="--amlora-preset"):
-        _method(tmp_path, preset="paper-long")
+    with pytest.raises(ContinualLMError, match="unknown amlora option 'preset'"):  # gave way to --preset paper
+        _method(tmp_path, preset="paper-standard")
     method, _ = _method(tmp_path)
-    assert method.l1_lambda(0) == 1e-5 and method.l1_lambda(3) == 1e-5  # paper-standard preset
+    assert method.l1_lambda(0) == 1e-5 and method.l1_lambda(3) == 1e-5  # the paper's value for orders 1-3
     method = build_method(tiny_config(tmp_path, method="amlora", method_options={"amlora": {"l1": [0.1, 0.2]}}))
     method.tasks = [None] * 3
     backbone = load_backbone("tiny-random-llama", seed=3)

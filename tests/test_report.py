@@ -109,9 +109,9 @@ def test_comparison_markdown():
                      metrics={"AP": 51.8333, "F.Ra": 25.0, "FWT": None, "BWT": -25.0})
     md = comparison_markdown([a, b])
     lines = md.splitlines()
-    assert lines[0] == "| method | AP | F.Ra | FWT | BWT | sst2 | boolq | summ | qa |"
-    assert lines[2] == "| inclora | 73.42 | 13.50 | – | -12.50 | 60.00 | 85.00 | 75.25 | – |"
-    assert lines[3] == "| seqlora | 51.83 | 25.00 | – | -25.00 | 40.00 | 60.00 | – | 55.50 |"
+    assert lines[0] == "| method | protocol | AP | F.Ra | FWT | BWT | sst2 | boolq | summ | qa |"
+    assert lines[2] == "| inclora | ? | 73.42 | 13.50 | – | -12.50 | 60.00 | 85.00 | 75.25 | – |"
+    assert lines[3] == "| seqlora | ? | 51.83 | 25.00 | – | -25.00 | 40.00 | 60.00 | – | 55.50 |"
     assert "benchmark" not in lines[0] and "order" not in lines[0]
 
 
@@ -120,10 +120,10 @@ def test_comparison_markdown_adds_differing_benchmark_and_order():
     b = make_results("olora", order="order2")
     c = make_results("olora", benchmark="superni", order="order2")
     lines = comparison_markdown([a, b, c]).splitlines()
-    assert lines[0].startswith("| method | benchmark | order | AP |")
-    assert lines[2].startswith("| inclora | demo | order1 | 73.42 |")
-    assert lines[3].startswith("| olora | demo | order2 |")
-    assert lines[4].startswith("| olora | superni | order2 |")
+    assert lines[0].startswith("| method | protocol | benchmark | order | AP |")
+    assert lines[2].startswith("| inclora | ? | demo | order1 | 73.42 |")
+    assert lines[3].startswith("| olora | ? | demo | order2 |")
+    assert lines[4].startswith("| olora | ? | superni | order2 |")
     with pytest.raises(ValueError):
         comparison_markdown([])
 

@@ -162,6 +162,21 @@ def resolve_order(benchmark: str, order: str | int | None = None) -> list[str]:
     return list(bench.orders[key])
 
 
+def canonical_order(benchmark: str, order: str | int | None = None) -> str | None:
+    """The canonical name of ``order`` of ``benchmark`` ("order4" -> "4", "sapt4" -> "6"; None -> the first order);
+    None for a benchmark without predefined orders (custom)."""
+    bench = get_benchmark(benchmark)
+    if not bench.orders:
+        return None
+    if order is None:
+        return bench.default_order
+    key = _normalise_order(order)
+    key = bench.order_aliases.get(key, key)
+    if key not in bench.orders:
+        raise unknown_choice(f"{bench.name} order", str(order), bench.order_names())
+    return key
+
+
 def resolve_data_dir(data_dir: str | Path | None) -> Path:
     """The data folder: ``data_dir`` if given, else ``$CONTINUAL_LM_DATA``; it must exist."""
     if data_dir is not None and str(data_dir) != "":
@@ -316,6 +331,6 @@ def load_stream(
 
 __all__ = [
     "BENCHMARKS", "Benchmark", "DATA_ENV", "DEMO_ORDERS", "LONG_ORDERS", "LONG_ORDER_ALIASES", "STANDARD_ORDERS",
-    "SUPERNI_ORDERS", "demo_tasks", "get_benchmark", "list_benchmarks", "load_stream", "read_task",
+    "SUPERNI_ORDERS", "canonical_order", "demo_tasks", "get_benchmark", "list_benchmarks", "load_stream", "read_task",
     "resolve_data_dir", "resolve_order", "subsample",
 ]

@@ -52,8 +52,11 @@ def summarise(results_list: Sequence[dict]) -> list[dict]:
         for m in METRIC_NAMES:
             means = [stats[m][0] for stats in per_order.values() if stats[m] is not None]
             avg[m] = sum(means) / len(means) if means else None
+        from .report import protocol_flags
+
+        flags = sorted({protocol_flags(r.get("protocol")) for runs in orders.values() for r in runs})
         rows.append({"benchmark": benchmark, "method": method, "orders": per_order, "avg": avg,
-                     "runs": sum(len(v) for v in orders.values())})
+                     "runs": sum(len(v) for v in orders.values()), "protocol": " / ".join(flags)})
     return rows
 
 
@@ -62,25 +65,30 @@ def _pm(stats) -> str:
 
 
 def aggregate_markdown(results_list: Sequence[dict]) -> str:
-    """Two tables: every metric as mean ± std over seeds per (method, order); AP per order and the Avg column."""
+    """Two tables: every metric as mean ± std over seeds per (method, order); AP per order and the Avg column. The
+    protocol column is the methods' declared protocol (legend: ``report.PROTOCOL_LEGEND``)."""
+    from .report import PROTOCOL_LEGEND
+
     rows = summarise(results_list)
     out = ["Mean ± std over seeds (sample std):", "",
-           "| benchmark | method | order | seeds | " + " | ".join(METRIC_NAMES) + " |",
-           "| --- | --- | --- | ---: | " + " | ".join("---:" for _ in METRIC_NAMES) + " |"]
+           "| benchmark | method | protocol | order | seeds | " + " | ".join(METRIC_NAMES) + " |",
+           "| --- | --- | --- | --- | ---: | " + " | ".join("---:" for _ in METRIC_NAMES) + " |"]
     for row in rows:
         for order, stats in row["orders"].items():
             n = max((s[2] for s in stats.values() if s is not None), default=0)
-            out.append(f"| {row['benchmark']} | {row['method']} | {order} | {n} | "
+            out.append(f"| {row['benchmark']} | {row['method']} | {row['protocol']} | {order} | {n} | "
                        + " | ".join(_pm(stats[m]) for m in METRIC_NAMES) + " |")
     orders = sorted({o for row in rows for o in row["orders"]})
     out += ["", "AP per order (mean over seeds) and the average over orders:", "",
-            "| benchmark | method | " + " | ".join(f"order {o}" for o in orders) + " | Avg AP | Avg BWT |",
-            "| --- | --- | " + " | ".join("---:" for _ in orders) + " | ---: | ---: |"]
+            "| benchmark | method | protocol | " + " | ".join(f"order {o}" for o in orders) + " | Avg AP | Avg BWT |",
+            "| --- | --- | --- | " + " | ".join("---:" for _ in orders) + " | ---: | ---: |"]
     for row in rows:
         cells = [DASH if row["orders"].get(o, {}).get("AP") is None else f"{row['orders'][o]['AP'][0]:.2f}"
                  for o in orders]
         avg = [DASH if row["avg"][m] is None else f"{row['avg'][m]:.2f}" for m in ("AP", "BWT")]
-        out.append(f"| {row['benchmark']} | {row['method']} | " + " | ".join(cells) + " | " + " | ".join(avg) + " |")
+        out.append(f"| {row['benchmark']} | {row['method']} | {row['protocol']} | " + " | ".join(cells) + " | "
+                   + " | ".join(avg) + " |")
+    out += ["", f"Protocol: {PROTOCOL_LEGEND}."]
     return "\n".join(out)
 
 

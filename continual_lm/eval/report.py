@@ -20,6 +20,20 @@ MATRIX_PNG = "accuracy_matrix.png"
 TRAJECTORY_PNG = "task_trajectories.png"
 REPORT_MD = "report.md"
 SINGLE_METHOD = "single"  # the single-task reference run: each task ends with its own model
+# The declared protocol (results.json "protocol", methods/base.py): flag -> key, in the order shown.
+PROTOCOL_LETTERS = (("R", "replay"), ("P", "pseudo_samples"), ("Ttr", "task_id_at_train"), ("Tte", "task_id_at_test"),
+                  ("N", "task_names_in_prompts"))
+PROTOCOL_LEGEND = ("R = replays stored real examples of earlier tasks, P = trains on generated pseudo samples of "
+                   "earlier tasks, Ttr = uses task identity in training (per-task blocks, state or markers), "
+                   "Tte = is given the task id at test, N = task names in the prompts; – = none of these, "
+                   "? = not recorded (an older run)")
+
+
+def protocol_flags(protocol: dict | None) -> str:
+    """The compact protocol column of a run ("R Ttr", "–" for none, "?" when results.json does not record it)."""
+    if protocol is None:
+        return "?"
+    return " ".join(flag for flag, key in PROTOCOL_LETTERS if protocol.get(key)) or DASH
 
 
 # ------------------------------------------------------------------------------------------------- helpers
@@ -198,24 +212,24 @@ def unseen_markdown(results_list: Sequence[dict]) -> str:
 
 
 def comparison_markdown(results_list: Sequence[dict]) -> str:
-    """One table, one row per run: method, AP, F.Ra, FWT, BWT, then the final score of each task (the union of
-    the runs' tasks, in first-seen order; "–" where a run lacks a task). Benchmark, order, model and seed get a
-    column each when the runs differ in them."""
+    """One table, one row per run: method, its declared protocol (flags explained under the table), AP, F.Ra, FWT,
+    BWT, then the final score of each task (the union of the runs' tasks, in first-seen order; "–" where a run
+    lacks a task). Benchmark, order, model and seed get a column each when the runs differ in them."""
     if not results_list:
         raise ValueError("comparison_markdown needs at least one results dict")
     varying = [k for k in ("benchmark", "order", "model", "seed") if len({str(r.get(k)) for r in results_list}) > 1]
     all_tasks: list[str] = []
     for r in results_list:
         all_tasks += [t for t in _tasks(r) if t not in all_tasks]
-    header = ["method", *varying, *METRIC_NAMES, *(_cell(t) for t in all_tasks)]
+    header = ["method", "protocol", *varying, *METRIC_NAMES, *(_cell(t) for t in all_tasks)]
     rows = []
     for r in results_list:
         metrics = _metrics(r)
         final = dict(zip(_tasks(r), final_scores(r)))
-        rows.append([_cell(_label(r)), *(_cell(r.get(k)) for k in varying),
+        rows.append([_cell(_label(r)), protocol_flags(r.get("protocol")), *(_cell(r.get(k)) for k in varying),
                      *(_fmt(metrics.get(k), 2) for k in METRIC_NAMES),
                      *(_fmt(final.get(t), 2) for t in all_tasks)])
-    table = _table(header, rows, 1 + len(varying))
+    table = _table(header, rows, 2 + len(varying)) + f"\n\nProtocol: {PROTOCOL_LEGEND}."
     unseen = unseen_markdown(results_list)
     return f"{table}\n\n{unseen}" if unseen else table
 

@@ -25,6 +25,11 @@ End:       on_run_end(model)                             after the last phase, m
 State:     extra_state() / load_extra_state(tensors, meta)   method state that is not a model parameter.
 
 A ``+`` composition ("inclora+migu") is a Composite: the base method plus plugins, each hook called in order.
+
+Declared, not hooks: the protocol (``uses_task_id_at_train``, ``uses_task_id_at_test``, ``uses_replay``,
+``uses_pseudo_samples``; a Composite ORs them), the kind of PET block trained (``pet_kind``) and a default that
+differs from the paper's setup (``differs_from_paper``). ``Method.create(config)`` builds the object (a method may
+pick a variant class from its options).
 """
 from __future__ import annotations
 
@@ -101,12 +106,27 @@ class Method:
     Options: ClassVar[type] = NoOptions
     is_plugin: ClassVar[bool] = False
     composable_with: ClassVar[tuple[str, ...]] = ()  # plugins a base method accepts after '+'
-    uses_task_id_at_test: ClassVar[bool] = False
+    # The declared protocol: what the method uses beyond the current task's data (docs/methods.md, "Protocol").
+    # Reports show it beside every row; results.json records it ("protocol").
+    uses_task_id_at_train: ClassVar[bool] = False  # training needs task identity: per-task blocks/state/markers
+    uses_task_id_at_test: ClassVar[bool] = False  # evaluation hands it batch["task_ids"]
+    uses_replay: ClassVar[bool] = False  # stored real examples of earlier tasks
+    uses_pseudo_samples: ClassVar[bool] = False  # generated samples of earlier tasks
+    differs_from_paper: ClassVar[str] = ""  # a default that differs from the paper's setup (`continual-lm list`)
+    # The kind of block the method trains: "lora", "prompt" (soft prompts) or "full" (every weight). Its FWT reference
+    # must train the same kind (`--method single --single-pet KIND`; --single-task-from checks it).
+    pet_kind: ClassVar[str] = "lora"
     full_finetuning: ClassVar[bool] = False  # decides the default learning rate
     soft_prompt_tuning: ClassVar[bool] = False  # trains only soft prompts: a larger default learning rate
     # Continual pre-training (unlabelled corpus tasks, docs/continual_pretraining.md): False = refused; None = yes
     # unless the method overrides forward/generate (knowledge outside the model body the end task fine-tunes).
     supports_corpus_tasks: ClassVar[bool | None] = None
+
+    @classmethod
+    def create(cls, config: RunConfig) -> "Method":
+        """The method object for ``config`` (``build_method`` calls this; a method may choose a variant class from
+        its options, as the single-task reference does for its kind of PET block)."""
+        return cls(config)
 
     def __init__(self, config: RunConfig, options: Any | None = None):
         self.config = config
@@ -195,6 +215,29 @@ class Method:
         return 3e-2 if self.soft_prompt_tuning else 1e-3
 
 
+PROTOCOL_FLAGS = {  # results.json "protocol" key -> Method attribute
+    "task_id_at_train": "uses_task_id_at_train",
+    "task_id_at_test": "uses_task_id_at_test",
+    "replay": "uses_replay",
+    "pseudo_samples": "uses_pseudo_samples",
+}
+
+
+def protocol(method: Method | type[Method]) -> dict[str, bool]:
+    """The declared protocol of a method (class or object; a Composite ORs its parts)."""
+    return {key: bool(getattr(method, attr)) for key, attr in PROTOCOL_FLAGS.items()}
+
+
+def method_parts(method: Method) -> list[Method]:
+    """The base method and its plugins (one element for a plain method)."""
+    return list(getattr(method, "parts", [method]))
+
+
+def resolved_options(method: Method) -> dict[str, dict[str, Any]]:
+    """Every option of every part with the value the run uses (defaults included), for the resolved config.yaml."""
+    return {part.name: dataclasses.asdict(part.options) for part in method_parts(method)}
+
+
 def overrides(cls: type[Method], hook: str) -> bool:
     """Whether a method class defines its own ``hook`` instead of Method's (what engines and continual
     pre-training can accept follows from it)."""
@@ -246,8 +289,11 @@ class Composite(Method):
         self.base = parts[0]
         self.config = self.base.config
         self.name = "+".join(p.name for p in parts)
-        self.uses_task_id_at_test = self.base.uses_task_id_at_test
+        for attr in PROTOCOL_FLAGS.values():  # the composition uses whatever any part uses
+            setattr(self, attr, any(getattr(p, attr) for p in parts))
         self.full_finetuning = self.base.full_finetuning
+        self.soft_prompt_tuning = self.base.soft_prompt_tuning
+        self.pet_kind = self.base.pet_kind
         self._context: RunContext | None = None
 
     @property
@@ -339,5 +385,5 @@ class Composite(Method):
 def build_method(config: RunConfig) -> Method:
     from .registry import method_class, split_method_spec
 
-    parts = [method_class(name)(config) for name in split_method_spec(config.method)]
+    parts = [method_class(name).create(config) for name in split_method_spec(config.method)]
     return parts[0] if len(parts) == 1 else Composite(parts)

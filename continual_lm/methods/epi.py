@@ -113,6 +113,9 @@ def mean_pooled(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 class EPI(Method):
     name = "epi"
     soft_prompt_tuning = True
+    uses_task_id_at_train = True  # a new prompt per task; training batches pick it by task id
+    pet_kind = "prompt"
+    differs_from_paper = "input prompts instead of the reference code's deep prefixes (every layer)"
     description = "a prompt per task, chosen at test time by Mahalanobis distance of frozen-backbone features"
     Options = EPIOptions
     uses_task_id_at_test = False

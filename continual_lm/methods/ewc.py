@@ -40,6 +40,7 @@ class EWC(Method):
     description = "plugin: elastic weight consolidation (diagonal Fisher penalty) on the trainable parameters"
     Options = EWCOptions
     is_plugin = True
+    uses_task_id_at_train = True  # a Fisher estimate and anchor after each task
 
     def __init__(self, config, options=None):
         super().__init__(config, options)

@@ -6,6 +6,7 @@ class IncLoRA(LoRAMethod):
     name = "inclora"
     description = "a new LoRA per task, earlier ones frozen, outputs summed"
     composable_with = ("migu", "replay")  # not ewc: nothing trained in task t was trained before t
+    uses_task_id_at_train = True  # a new LoRA at each task boundary
 
     def before_task(self, model, task_index, task):
         self.add_task_lora(freeze_previous=True)

@@ -80,6 +80,9 @@ class L2P(Method):
     description = "Learning to Prompt: a key-matched pool of soft prompts, top-k selected per input (no task id)"
     Options = L2POptions
     uses_task_id_at_test = False
+    pet_kind = "prompt"
+    differs_from_paper = ("query: the mean input embedding by default; the paper's frozen pre-trained feature is "
+                          "--l2p-query hidden (set by --preset paper)")
     supports_corpus_tasks = False  # the knowledge is in prompts outside the model body an end task fine-tunes
 
     def setup(self, model, backbone):

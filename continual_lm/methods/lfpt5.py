@@ -61,6 +61,11 @@ class LFPT5(Method):
     description = "one soft prompt trained to solve tasks and to generate pseudo samples of earlier tasks (+KL)"
     Options = LFPT5Options
     uses_task_id_at_test = False
+    uses_task_id_at_train = True  # per-task generation markers and a KL teacher per task
+    uses_pseudo_samples = True
+    pet_kind = "prompt"
+    differs_from_paper = ("defaults: a 10-token prompt and 12.5 % pseudo samples per earlier task; SAPT compared "
+                          "against 300 tokens and 2 % (set by --preset paper)")
 
     # ---- structure ---------------------------------------------------------------------------------------------
     def setup(self, model, backbone):

@@ -41,6 +41,7 @@ class MoELoRA(LoRAMethod):
     name = "moelora"
     description = "a LoRA expert per task mixed by a learned token-level router (MoELoRA); no task id"
     composable_with = ("replay",)
+    uses_task_id_at_train = True  # a new expert at each task boundary
     supports_corpus_tasks = False  # a router over per-task experts (docs/continual_pretraining.md)
 
     def setup(self, model, backbone):

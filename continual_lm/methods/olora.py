@@ -59,6 +59,7 @@ class OLoRA(LoRAMethod):
     description = "a new LoRA per task, orthogonal to the earlier ones (O-LoRA); outputs summed"
     Options = OLoRAOptions
     composable_with = ("migu", "replay")
+    uses_task_id_at_train = True  # a new LoRA at each task boundary
 
     def setup(self, model, backbone):
         super().setup(model, backbone)

@@ -86,6 +86,8 @@ class ProgPrompt(Method):
     description = "Progressive Prompts: a new soft prompt per task after the frozen earlier ones (no task id)"
     Options = ProgPromptOptions
     uses_task_id_at_test = False
+    uses_task_id_at_train = True  # a new prompt at each task boundary
+    pet_kind = "prompt"
     supports_corpus_tasks = False  # the knowledge is in prompts outside the model body an end task fine-tunes
 
     def setup(self, model, backbone):

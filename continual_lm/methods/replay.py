@@ -33,6 +33,8 @@ class Replay(Method):
     description = "plugin: replay a stored sample of earlier tasks' training data"
     Options = ReplayOptions
     is_plugin = True
+    uses_replay = True
+    uses_task_id_at_train = True  # a memory per finished task
 
     def __init__(self, config, options=None):
         super().__init__(config, options)

@@ -509,6 +509,7 @@ class SAPTLoRA(SAPT, LoRAMethod):
 
 class SAPTPrompt(SAPT):
     name = "sapt-prompt"
+    pet_kind = "prompt"
     description = "SAPT with a soft prompt per task, combined by an input-level shared attention (no task id)"
     Options = SAPTPromptOptions
     soft_prompt_tuning = True  # default lr 3e-2 (paper Appendix C, SuperNI), as the other prompt methods

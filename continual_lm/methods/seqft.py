@@ -7,6 +7,7 @@ class SeqFT(Method):
     description = "sequential full fine-tuning of all parameters"
     composable_with = ("migu", "replay", "ewc")
     full_finetuning = True
+    pet_kind = "full"
 
     def setup(self, model, backbone):
         model.requires_grad_(True)

@@ -2,6 +2,8 @@
 
     RUN_DIR/
       config.yaml                       fully resolved configuration
+      preset.json                       with --preset: what it set, from which source, what the user's values
+                                        replaced and what the paper does not give (presets/__init__.py)
       state.json                        progress: per phase whether trained, its matrix row, timings
       checkpoints/phase_00/             after each phase, written to a temporary folder and renamed:
         trainable.safetensors             every parameter that has ever been trainable (never the frozen base)
@@ -90,6 +92,22 @@ class RunDir:
     @property
     def results_path(self) -> Path:
         return self.path / "results.json"
+
+    @property
+    def preset_path(self) -> Path:
+        return self.path / "preset.json"
+
+    def write_preset(self, record: dict[str, Any]) -> None:
+        atomic_write_json(self.preset_path, record)
+
+    def read_preset(self) -> dict[str, Any] | None:
+        """The record of the preset applied when the run started (None without a preset)."""
+        if not self.preset_path.exists():
+            return None
+        try:
+            return json.loads(self.preset_path.read_text())
+        except json.JSONDecodeError as err:
+            raise ContinualLMError(f"{self.preset_path} is corrupted ({err})") from None
 
     def checkpoint_path(self, row: int) -> Path:
         return self.path / "checkpoints" / f"phase_{row:02d}"

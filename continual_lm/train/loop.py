@@ -27,7 +27,7 @@ from ..data.tasks import CORPUS, Task
 from ..errors import ContinualLMError
 from ..eval.general import measure_run_general
 from ..io_utils import atomic_write_json, atomic_write_yaml
-from ..methods.base import Method, Phase, RunContext, TrainExample, build_method
+from ..methods.base import Method, Phase, RunContext, TrainExample, build_method, protocol, resolved_options
 from .checkpoint import RunDir
 from .corpus_stream import check_corpus_method, corpus_tasks_in_blocks
 from .engine import check_engine, end_training, engine_name, start_training
@@ -94,25 +94,58 @@ def _versions() -> dict[str, str]:
             "peft": peft.__version__, "accelerate": accelerate.__version__, "python": platform.python_version()}
 
 
-def _read_single_task_reference(run_dir: str, tasks: list[Task]) -> dict[str, float]:
+def read_single_task_reference(run_dir: str, tasks: list[Task], method: Method) -> dict[str, float]:
+    """The FWT reference scores of ``--single-task-from RUN_DIR``, checked before anything trains: a finished run of
+    method `single`, with a score for every task of the stream, that trained the same kind of PET block as
+    ``method`` (a LoRA reference says nothing about how well a soft prompt learns a task)."""
     import json
 
-    path = Path(run_dir) / "results.json"
+    import yaml
+
+    flag = f"--single-task-from {run_dir}"
+    folder = Path(run_dir)
+    if not folder.is_dir():
+        raise ContinualLMError(f"{flag}: no such run directory")
+    path = folder / "results.json"
     if not path.exists():
-        raise ContinualLMError(f"--single-task-from {run_dir}: no results.json there (expected a finished `single` run)")
-    reference = json.loads(path.read_text()).get("single_task")
-    if not reference:
-        raise ContinualLMError(f"--single-task-from {run_dir}: its results.json has no 'single_task' scores "
+        raise ContinualLMError(f"{flag}: no results.json there (expected a finished `single` run)")
+    try:
+        results = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ContinualLMError(f"{flag}: {path} is not valid JSON: {err}") from None
+    if results.get("method") != "single" or not results.get("single_task"):
+        raise ContinualLMError(f"{flag}: a run of method {results.get('method')!r} without 'single_task' scores "
                                f"(expected a run of method `single`)")
+    reference = results["single_task"]
     missing = [t.name for t in tasks if t.name not in reference]
     if missing:
-        raise ContinualLMError(f"--single-task-from {run_dir}: no single-task score for {', '.join(missing)}")
+        raise ContinualLMError(f"{flag}: no single-task score for {', '.join(missing)}")
+    kind = results.get("pet_kind")
+    if kind is None:  # written before results.json recorded it: the kind is in the run's config.yaml
+        config_path = folder / "config.yaml"
+        options = (yaml.safe_load(config_path.read_text()) or {}).get("method_options") if config_path.exists() else {}
+        kind = ((options or {}).get("single") or {}).get("pet", "lora")
+    if kind != method.pet_kind:
+        raise ContinualLMError(f"{flag}: that single run trained {kind} blocks, but method {method.name} trains "
+                               f"{method.pet_kind} blocks; its FWT reference must train the same kind: run "
+                               f"`--method single --single-pet {method.pet_kind}` on the same stream")
     return {t.name: reference[t.name] for t in tasks}
 
 
+def check_task_names_in_prompts(config: RunConfig, method: Method) -> None:
+    """--prompt-task-name hands the task's name to the model with every input: refused for a method that declares
+    no task id at test time, unless the user opts in to the leak (--allow-task-name-leak, recorded in results.json)."""
+    if config.prompt_task_name and not method.uses_task_id_at_test and not config.allow_task_name_leak:
+        raise ContinualLMError(f"--prompt-task-name puts each task's name into its prompts, which hands method "
+                               f"{method.name} (declared: no task id at test time) the task id; add "
+                               f"--allow-task-name-leak for a leak experiment (recorded in results.json)")
+
+
 class ContinualRunner:
-    def __init__(self, config: RunConfig, run_dir: Path, stream: Stream, backbone, method: Method, accelerator):
+    def __init__(self, config: RunConfig, run_dir: Path, stream: Stream, backbone, method: Method, accelerator,
+                 single_task: dict[str, float] | None = None):
         self.config = config
+        self.single_task = single_task  # the FWT reference read from --single-task-from (checked at the start)
         self.run_dir = RunDir(run_dir)
         self.stream = stream
         self.tasks = stream.tasks
@@ -379,12 +412,7 @@ class ContinualRunner:
             matrix[phase.row] = state["phases"][str(phase.row)]["row"]
         names = [t.name for t in self.tasks]
         own_single = self.config.method == "single"
-        if own_single:
-            single = {names[j]: matrix[j][j] for j in range(T)}
-        elif self.config.single_task_from:
-            single = _read_single_task_reference(self.config.single_task_from, self.tasks)
-        else:
-            single = None
+        single = {names[j]: matrix[j][j] for j in range(T)} if own_single else self.single_task
         metrics = cl_metrics(
             matrix,
             single_task=[single[n] for n in names] if single and not own_single else None,
@@ -410,6 +438,9 @@ class ContinualRunner:
             "batch": {"per_process": self.config.batch_size, "processes": self.accelerator.num_processes,
                       "grad_accum": self.config.grad_accum,
                       "global": self.config.batch_size * self.accelerator.num_processes * self.config.grad_accum},
+            "protocol": {**protocol(self.method), "task_names_in_prompts": bool(self.config.prompt_task_name)},
+            "pet_kind": self.method.pet_kind,
+            "preset": self.run_dir.read_preset(),
         }
         if any(t.kind == CORPUS for t in self.tasks):  # continual pre-training: the end tasks' macro-F1 too
             f1 = [[None] * T for _ in range(T)]
@@ -475,12 +506,17 @@ def prepare_run_dir(config: RunConfig, output_dir: str | Path | None, resume: bo
     return path
 
 
-def build_runner(config: RunConfig, path: Path, *, backbone=None, write_config: bool = True) -> ContinualRunner:
-    """Everything a run needs, built from its configuration: stream, backbone, method (set up), accelerator."""
+def build_runner(config: RunConfig, path: Path, *, backbone=None, write_config: bool = True,
+                 preset: dict | None = None) -> ContinualRunner:
+    """Everything a run needs, built from its configuration: stream, backbone, method (set up), accelerator.
+    ``preset``: the record of a preset applied to a fresh run's configuration (``resolve_preset``), kept in the run
+    directory."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     method = build_method(config)  # validates the method spec and its options before any heavy work
+    if write_config:  # a run that trains (not a finished run loaded for predict/export, which may have moved)
+        check_task_names_in_prompts(config, method)
     # Several processes on a machine without an accelerator: cpu=True makes accelerate form a gloo process group
     # instead of running independent copies that all write the run directory.
     cpu_processes = _cpu_processes()
@@ -490,14 +526,20 @@ def build_runner(config: RunConfig, path: Path, *, backbone=None, write_config: 
     check_engine(accelerator, method, config)
     stream = load_stream_for(config)
     check_corpus_method(method, stream.tasks)
+    single_task = None
+    if write_config and config.single_task_from and config.method != "single":  # checked before anything trains
+        single_task = read_single_task_reference(config.single_task_from, stream.tasks, method)
     config.order = stream.order
     config.output_dir = str(path)
     if config.lr is None:
         config.lr = method.default_lr()
+    config.method_options = resolved_options(method)  # every option's value, defaults included
     if write_config and accelerator.is_main_process:
         path.mkdir(parents=True, exist_ok=True)
         RunDir(path).remove_stale_temporaries()
         atomic_write_yaml(path / "config.yaml", config.to_dict())
+        if preset is not None:
+            RunDir(path).write_preset(preset)
     if config.report_to != "none" and write_config:
         flat = {k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str, bool))}
         accelerator.init_trackers("tracking", config=flat)
@@ -510,7 +552,8 @@ def build_runner(config: RunConfig, path: Path, *, backbone=None, write_config: 
     backbone.model.to(accelerator.device)
     stream.tasks = corpus_tasks_in_blocks(stream, backbone, config)
     method.tasks = stream.tasks
-    runner = ContinualRunner(config, path, stream, backbone, method, accelerator)  # sets method.context
+    runner = ContinualRunner(config, path, stream, backbone, method, accelerator,
+                             single_task)  # sets method.context
     method.setup(backbone.model, backbone)
     if config.gradient_checkpointing:
         backbone.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -519,11 +562,17 @@ def build_runner(config: RunConfig, path: Path, *, backbone=None, write_config: 
 
 def run(config: RunConfig, *, output_dir: str | Path | None = None, resume: bool = False, overwrite: bool = False,
         backbone=None) -> dict[str, Any]:
-    """Run (or resume) a continual-learning stream; returns the results.json content."""
+    """Run (or resume) a continual-learning stream; returns the results.json content. A fresh run with
+    ``config.preset`` gets the preset's values below the ones given (a resumed run reads its resolved config.yaml)."""
+    preset = None
+    if config.preset and not resume:  # before the run directory is touched: a bad preset changes nothing
+        from ..presets import model_family_of, resolve_preset
+
+        config, preset = resolve_preset(config, model_family_of(config, backbone))
     path = prepare_run_dir(config, output_dir, resume, overwrite)
     if resume:
         config = RunConfig.from_yaml(path / "config.yaml")
-    return build_runner(config, path, backbone=backbone).run()
+    return build_runner(config, path, backbone=backbone, preset=preset).run()
 
 
 def load_final_runner(run_dir: str | Path, *, backbone=None) -> ContinualRunner:
