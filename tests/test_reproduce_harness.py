@@ -26,7 +26,8 @@ def test_two_invocations_build_one_table_and_skip_finished_runs(reproduce, tmp_p
     runs = tmp_path / "runs" / "tiny" / "demo"
     assert sorted(p.name for p in runs.iterdir()) == ["olora-strong", "seqlora", "single"]
     variant = json.loads((runs / "olora-strong" / "results.json").read_text())
-    assert yaml.safe_load((runs / "olora-strong" / "config.yaml").read_text())["method_options"] == {"olora": {"lambda1": 2.0}}
+    recorded = yaml.safe_load((runs / "olora-strong" / "config.yaml").read_text())["method_options"]
+    assert recorded == {"olora": {"lambda1": 2.0, "lambda2": 0.0}}  # the variant's option, and the default used
     assert variant["method"] == "olora" and variant["metrics"]["FWT"] is not None  # FWT from the single run
     text = (tmp_path / "RESULTS.md").read_text()
     demo, invocations = text.split("\n## demo")[1].split("\n## Invocations")
