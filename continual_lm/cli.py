@@ -53,7 +53,8 @@ RUN_OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("dtype", dict(help="float32 | bfloat16 | float16 weights")),
     ("mixed_precision", dict(help="no | bf16 | fp16 (through accelerate)")),
     ("gradient_checkpointing", dict(action=argparse.BooleanOptionalAction)),
-    ("keep_checkpoints", dict(help="all (default) | last")),
+    ("keep_checkpoints", dict(help="all (default): every phase's checkpoint (each refers to the tensors earlier ones "
+                                   "stored) | last: only the latest, pruned once the next phase is evaluated")),
     ("trust_remote_code", dict(action=argparse.BooleanOptionalAction, help="only for models you trust")),
     ("progress", dict(action=argparse.BooleanOptionalAction, help="progress bars (default on)")),
 ]

@@ -70,17 +70,19 @@ def test_a_corrupted_shared_block_is_refused_by_every_checkpoint_that_uses_it(in
             RunDir(out).load_checkpoint(row)
 
 
-@pytest.mark.parametrize("change", ["blob not listed", "method_state.json not listed", "no tensors", "not a dict"])
+@pytest.mark.parametrize("change", ["no blob listed", "method_state.json not listed", "blob without tensors",
+                                    "not a dict"])
 def test_a_manifest_must_account_for_every_file(inclora_run, tmp_path, change):
     shutil.copytree(inclora_run[0], tmp_path / "run")
     path = tmp_path / "run" / "checkpoints" / "phase_00" / "manifest.json"
     manifest = json.loads(path.read_text())
-    if change == "blob not listed":
+    if change == "no blob listed":
         manifest["blobs"] = {}
     elif change == "method_state.json not listed":
         manifest["files"] = {}
-    elif change == "no tensors":
-        del manifest["tensors"]
+    elif change == "blob without tensors":
+        for blob in manifest["blobs"].values():
+            blob["tensors"] = {}
     else:
         manifest = [manifest]
     path.write_text(json.dumps(manifest))

@@ -97,7 +97,7 @@ def test_corrupted_checkpoint_is_detected_and_named(tmp_path):
     state["phases"]["3"]["row"] = None  # pretend the last evaluation did not happen: resume must load phase 3
     (out / "state.json").write_text(json.dumps(state))
     manifest = json.loads((out / "checkpoints" / "phase_03" / "manifest.json").read_text())
-    newest = {entry["blob"] for key, entry in manifest["tensors"].items() if key.endswith(".3")}.pop()
+    newest, = [name for name, blob in manifest["blobs"].items() if any(k.endswith(".3") for k in blob["tensors"])]
     weights = out / "checkpoints" / "blobs" / f"{newest}.safetensors"  # where phase 3's own LoRA is stored
     data = bytearray(weights.read_bytes())
     data[-10] ^= 0xFF

@@ -9,16 +9,17 @@
       checkpoints/blobs/<sha256>.safetensors
                                         tensors, each file written once and named by the sha256 of its bytes
       checkpoints/phase_00/             after each phase, written to a temporary folder and renamed:
-        manifest.json                     every tensor of the phase (its blob and its own sha256), the size of
-                                          each blob it uses, and the sha256 + size of method_state.json
+        manifest.json                     each blob the phase uses: its size and the tensors it supplies (with
+                                          each tensor's own sha256); the sha256 + size of method_state.json
         method_state.json                 method metadata
       results.json, report.md, *.png    at the end
       .lock                             held (flock) by the process that writes the run, for as long as it runs
 
 A phase checkpoint holds every parameter that has ever been trainable plus the method's extra state, but a tensor
 whose bytes equal one an earlier checkpoint stored is not written again: the manifest refers to the earlier blob.
-So a LoRA frozen after its task is stored once, however many later checkpoints contain it. A phase's new or changed
-tensors go into one new blob. Blobs no kept checkpoint refers to are removed by ``--keep-checkpoints last``.
+So a LoRA frozen after its task is stored once, however many later checkpoints contain it. A phase writes at most two
+blobs: tensors seen for the first time, and new versions of tensors stored before (which tend to keep changing).
+Blobs no kept checkpoint refers to are removed by ``--keep-checkpoints last``.
 Checkpoint folders of the first format (``trainable.safetensors`` + ``method_state.safetensors`` in the folder,
 manifest ``"format": 1``) still load. Nothing is ever unpickled: safetensors and JSON only.
 """
@@ -261,28 +262,34 @@ class RunDir:
         tensors = {f"trainable/{k}": v for k, v in trainable.items()}
         tensors.update({f"method/{k}": v for k, v in method_tensors.items()})
         stored, blob_sizes = self._stored_tensors()
-        entries, new = {}, {}
+        blobs: dict[str, dict[str, Any]] = {}
+        new, new_digests = {}, {}
         for key, value in tensors.items():
             value = value.detach().contiguous().cpu()
             digest = tensor_sha256(value)
-            entries[key] = {"sha256": digest, "blob": stored.get((key, digest))}
-            if entries[key]["blob"] is None:
-                new[key] = value
-        if new:
-            name, size = self._write_blob(new)
-            blob_sizes[name] = size
-            for key in new:
-                entries[key]["blob"] = name
+            name = stored.get((key, digest))
+            if name is None:
+                new[key], new_digests[key] = value, digest
+            else:
+                blobs.setdefault(name, {"bytes": blob_sizes[name], "tensors": {}})["tensors"][key] = digest
+        known = {key for key, _ in stored}
+        # Tensors seen before in another version keep changing (a shared selector, full fine-tuning), first-seen
+        # ones often freeze (a new task's LoRA): two blobs, so that a later checkpoint that still needs a frozen
+        # tensor does not keep the outdated versions of the changing ones alive.
+        for group in ([k for k in new if k not in known], [k for k in new if k in known]):
+            if group:
+                name, size = self._write_blob({k: new[k] for k in group})
+                blobs.setdefault(name, {"bytes": size, "tensors": {}})["tensors"].update(
+                    {k: new_digests[k] for k in group})
         final = self.checkpoint_path(row)
         tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         meta_bytes = json.dumps(method_meta, indent=1).encode()
         atomic_write_bytes(tmp / "method_state.json", meta_bytes)
-        used = sorted({e["blob"] for e in entries.values()})
         atomic_write_json(tmp / "manifest.json", {
             "format": FORMAT_VERSION, "row": row, "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "tensors": entries, "blobs": {name: blob_sizes[name] for name in used},
+            "blobs": dict(sorted(blobs.items())),
             "files": {"method_state.json": {"sha256": hashlib.sha256(meta_bytes).hexdigest(),
                                             "bytes": len(meta_bytes)}}})
         if final.exists():  # a phase trained again (killed after its checkpoint, before state.json said so)
@@ -317,12 +324,10 @@ class RunDir:
         for manifest in self._manifests().values():
             if not manifest or manifest.get("format") != FORMAT_VERSION or _manifest_problem(manifest):
                 continue
-            for name, size in manifest["blobs"].items():
+            for name, blob in manifest["blobs"].items():
                 if (self.blobs_path / f"{name}.safetensors").is_file():
-                    sizes[name] = size
-            for key, entry in manifest["tensors"].items():
-                if entry["blob"] in sizes:
-                    stored[(key, entry["sha256"])] = entry["blob"]
+                    sizes[name] = blob["bytes"]
+                    stored.update({(key, digest): name for key, digest in blob["tensors"].items()})
         return stored, sizes
 
     def load_checkpoint(self, row: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, Any]]:
@@ -349,14 +354,11 @@ class RunDir:
         if problem:
             raise ContinualLMError(f"checkpoint manifest {manifest_path} is malformed ({problem})")
         _verify(folder / "method_state.json", manifest["files"]["method_state.json"], manifest_path)
-        for name, size in manifest["blobs"].items():
-            blob = self.blobs_path / f"{name}.safetensors"
-            _verify(blob, {"bytes": size, "sha256": name}, manifest_path)
-        by_blob: dict[str, list[str]] = {}
-        for key, entry in manifest["tensors"].items():
-            by_blob.setdefault(entry["blob"], []).append(key)
+        for name, blob in manifest["blobs"].items():
+            _verify(self.blobs_path / f"{name}.safetensors", {"bytes": blob["bytes"], "sha256": name}, manifest_path)
         tensors = {}
-        for name, keys in by_blob.items():
+        for name, blob in manifest["blobs"].items():
+            keys = list(blob["tensors"])
             with safe_open(self.blobs_path / f"{name}.safetensors", framework="pt") as handle:
                 missing = sorted(set(keys) - set(handle.keys()))
                 if missing:
@@ -457,14 +459,13 @@ def _state_problem(state: Any) -> str | None:
 
 
 def _manifest_problem(manifest: dict[str, Any]) -> str | None:
-    tensors, blobs, files = manifest.get("tensors"), manifest.get("blobs"), manifest.get("files")
-    if not isinstance(tensors, dict) or not isinstance(blobs, dict) or not isinstance(files, dict):
-        return "expected the mappings 'tensors', 'blobs' and 'files'"
-    for key, entry in tensors.items():
-        if not (isinstance(entry, dict) and isinstance(entry.get("sha256"), str) and entry.get("blob") in blobs):
-            return f"tensor {key!r} has no sha256 or names a blob the manifest does not list"
-    if not all(isinstance(size, int) for size in blobs.values()):
-        return "each blob needs its size in bytes"
+    blobs, files = manifest.get("blobs"), manifest.get("files")
+    if not isinstance(blobs, dict) or not blobs or not isinstance(files, dict):
+        return "expected a non-empty 'blobs' mapping and a 'files' mapping"
+    for name, blob in blobs.items():
+        if not (isinstance(blob, dict) and isinstance(blob.get("bytes"), int) and isinstance(blob.get("tensors"), dict)
+                and blob["tensors"] and all(isinstance(d, str) for d in blob["tensors"].values())):
+            return f"blob {name!r} needs its size in bytes and the tensors it supplies with their sha256"
     info = files.get("method_state.json")
     if set(files) != {"method_state.json"} or not isinstance(info, dict):
         return "'files' must list method_state.json with its sha256 and size"
