@@ -223,8 +223,11 @@ def _sweep(config, orders: list, seeds: list[int], args) -> int:
         prepared = [first]
     else:
         for child, child_config in children:  # another configuration in any child is refused before anything runs
-            if RunDir(child).contents().kind == "run":
+            kind = RunDir(child).contents().kind
+            if kind == "run":
                 same_configuration(child_config, child, resume=False)
+            elif kind in ("other", "file"):
+                raise ContinualLMError(f"{child} exists and is not a continual_lm run; the sweep cannot write there")
         prepared = []
     all_results = []
     for index, (child, child_config) in enumerate(children):
