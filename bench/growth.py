@@ -9,7 +9,8 @@ heatmap): the loop's own peak.
 Repetitions are interleaved (every setting once per round) and the figures are medians. The checkpoint figures
 are exact: the tensor bytes of each phase's trainable state (as its checkpoint loads it) against the per-task PET
 bytes computed by `continual_lm.plan` on the meta device; growth between consecutive phases must equal one task's PET
-parameters. (On disk a checkpoint stores only what changed since the earlier ones: bench/checkpoint_disk.md.) Writes bench/growth.md and bench/growth.json.
+parameters. (On disk a checkpoint stores only what changed since the earlier ones: bench/checkpoint_disk.md.)
+Writes bench/growth.md and bench/growth.json.
 """
 from __future__ import annotations
 

@@ -106,7 +106,8 @@ def killed_runs(tmp_path_factory):
     for point, spec in KILL_POINTS.items():
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp / "hook"), os.environ.get("PYTHONPATH", "")]),
                "CLM_TEST_KILL_AT": spec, "OMP_NUM_THREADS": "1"}
-        processes[point] = subprocess.Popen([sys.executable, "-m", "continual_lm", *_cli_args(config, tmp / point, point)],
+        argv = [sys.executable, "-m", "continual_lm", *_cli_args(config, tmp / point, point)]
+        processes[point] = subprocess.Popen(argv,
                                             cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                             text=True)
     reference = run(config)

@@ -203,7 +203,8 @@ def test_two_runs_started_together_on_a_new_directory_do_not_mix(tmp_path, monke
 
 # ---- 7. --resume continues the recorded run, or refuses ---------------------------------------------------------------
 @pytest.mark.parametrize("extra, named", [(["--epochs", "3"], "--epochs"), (["--lr", "0.01"], "--lr"),
-                                          (["--method", "seqlora"], "--method"), (["--lora-r", "4"], "--lora-r")])
+                                          (["--method", "seqlora"], "--method"), (["--lora-r", "4"], "--lora-r"),
+                                          (["--batch-size", "8"], "global batch")])
 def test_resume_refuses_options_that_change_the_run(unfinished, tmp_path, capsys, extra, named):
     out = copy_of(unfinished, tmp_path)
     before = snapshot(out)

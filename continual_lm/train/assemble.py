@@ -25,7 +25,7 @@ from ..errors import ContinualLMError
 from ..io_utils import atomic_write_yaml
 from .checkpoint import RunDir
 from .run_record import (LOCATIONS, data_differences, data_fingerprint, describe, differences,
-                         identity, new_record, recorded_identity)
+                         global_batch, identity, new_record, recorded_identity)
 
 
 def resolve_config(config: RunConfig, output_dir: Path | None = None) -> RunConfig:
@@ -209,6 +209,7 @@ def prepare_run(config: RunConfig | None = None, *, output_dir: str | Path | Non
     if action == "reuse":
         if record is not None:
             _check_data(path, record, data_fingerprint(load_stream_for(config), config))
+            _check_global_batch(path, record, config, _processes())
         import json
 
         try:
@@ -218,15 +219,16 @@ def prepare_run(config: RunConfig | None = None, *, output_dir: str | Path | Non
                                    f"({how_to_replace})") from None
         return PreparedRun(path, config, "reuse", results=results)
     runner = build_runner(config, path, backbone=backbone)
-    fingerprint = runner.data_fingerprint
+    fingerprint, processes = runner.data_fingerprint, runner.accelerator.num_processes
     if action == "resume":
         if record is not None:
             _check_data(path, record, fingerprint)
+            _check_global_batch(path, record, config, processes)
             record = None  # it stays as written when the run started
         else:  # a run of an earlier version: record it now, so that later resumes are checked
-            record = new_record(config, fingerprint)
+            record = new_record(config, fingerprint, processes)
     else:
-        record = new_record(config, fingerprint)
+        record = new_record(config, fingerprint, processes)
     return PreparedRun(path, config, action, runner=runner, record=record)
 
 
@@ -250,6 +252,23 @@ def same_configuration(config: RunConfig | None, path: Path, *, resume: bool = T
         raise ContinualLMError(f"{path} was run with --trust-remote-code (model {recorded.model} runs its own code); "
                                f"pass --trust-remote-code again to continue it, only if you trust that code")
     return config, record
+
+
+def _processes() -> int:
+    from accelerate import PartialState
+
+    from .loop import _cpu_processes
+
+    return PartialState(cpu=_cpu_processes()).num_processes
+
+
+def _check_global_batch(path: Path, record: dict[str, Any], config: RunConfig, processes: int) -> None:
+    recorded, now = record.get("global_batch"), global_batch(config, processes)
+    if recorded is not None and recorded != now:
+        raise ContinualLMError(f"{path}: the run recorded a global batch of {recorded} examples; now it would be "
+                               f"{now} (--batch-size {config.batch_size} x --grad-accum {config.grad_accum} x "
+                               f"{processes} process(es)). Give --batch-size/--grad-accum that make {recorded} on this "
+                               f"number of processes")
 
 
 def _check_data(path: Path, record: dict[str, Any], fingerprint: dict[str, Any]) -> None:

@@ -1,13 +1,14 @@
 """What a run records when it starts (RUN_DIR/run.json), so that a resume or a reuse never mixes two runs.
 
     {"continual_lm_run": 1, "created": ..., "continual_lm": version,
-     "config": {...identity...}, "config_sha256": ...,
+     "config": {...identity...}, "config_sha256": ..., "global_batch": batch_size x grad_accum x processes,
      "data": {"tasks": {name: sha256}, "unseen": {name: sha256}, "stream_file": sha256 | null}, "data_sha256": ...}
 
 The identity of a configuration is every resolved option that decides what the run computes. Left out are how it
-runs (``RUNTIME``: progress bars, trackers, checkpoint pruning, the output directory, trust in remote code) and
-where its inputs lie (``LOCATIONS``: data, stream file, lm-eval tasks, the single-task reference run), whose content
-the data hashes cover instead, so that a run directory or its data can be moved. A task's hash covers what the run
+runs (``RUNTIME``: progress bars, trackers, checkpoint pruning, the output directory, trust in remote code), the
+per-process batch (``PER_PROCESS``; the global batch is recorded instead, so that a run resumes on another number of
+processes) and where its inputs lie (``LOCATIONS``: data, stream file, lm-eval tasks, the single-task reference run),
+whose content the data hashes cover instead, so that a run directory or its data can be moved. A task's hash covers what the run
 reads of it (name, kind, metric, instruction, template, labels, every train and test example after subsampling),
 whatever reader produced it.
 """
@@ -27,6 +28,9 @@ from ..io_utils import sha256_file
 RECORD_FORMAT = 1
 RUNTIME = ("output_dir", "progress", "report_to", "keep_checkpoints", "trust_remote_code")
 LOCATIONS = ("data_dir", "stream_file", "general_task_dir", "single_task_from")
+# Per process: the global batch (batch_size x grad_accum x processes) is what the run computes with; it is recorded
+# and checked instead, so that a run can be resumed on another number of processes.
+PER_PROCESS = ("batch_size", "grad_accum")
 
 
 def _plain(value: Any) -> Any:
@@ -37,7 +41,7 @@ def _plain(value: Any) -> Any:
 
 def identity(config: RunConfig) -> dict[str, Any]:
     data = _plain(config.to_dict())
-    return {k: v for k, v in data.items() if k not in RUNTIME + LOCATIONS}
+    return {k: v for k, v in data.items() if k not in RUNTIME + LOCATIONS + PER_PROCESS}
 
 
 def sha256_of(obj: Any) -> str:
@@ -107,13 +111,18 @@ def data_differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[
     return found
 
 
-def new_record(config: RunConfig, fingerprint: dict[str, Any]) -> dict[str, Any]:
+def global_batch(config: RunConfig, processes: int) -> int:
+    return config.batch_size * config.grad_accum * processes
+
+
+def new_record(config: RunConfig, fingerprint: dict[str, Any], processes: int) -> dict[str, Any]:
     from .. import __version__
 
     ident = identity(config)
     return {"continual_lm_run": RECORD_FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "continual_lm": __version__, "config": ident, "config_sha256": sha256_of(ident),
-            "data": fingerprint, "data_sha256": sha256_of(fingerprint)}
+            "global_batch": global_batch(config, processes), "data": fingerprint,
+            "data_sha256": sha256_of(fingerprint)}
 
 
 def recorded_identity(record: dict[str, Any], where: Path) -> dict[str, Any]:
