@@ -21,7 +21,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-from safetensors.torch import load_file
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -63,10 +62,12 @@ def launch(config: str, method: str, out: Path, *extra: str) -> dict:
 
 
 def max_diff(a: Path, b: Path) -> float:
+    from continual_lm.train.checkpoint import RunDir
+
     worst = 0.0
-    for phase in sorted(p.name for p in (a / "checkpoints").iterdir()):
-        for name in ("trainable.safetensors", "method_state.safetensors"):
-            x, y = load_file(a / "checkpoints" / phase / name), load_file(b / "checkpoints" / phase / name)
+    for phase in sorted((a / "checkpoints").glob("phase_*")):
+        row = int(phase.name.split("_")[1])
+        for x, y in zip(RunDir(a).load_checkpoint(row)[:2], RunDir(b).load_checkpoint(row)[:2]):
             worst = max([worst] + [(x[k].float() - y[k].float()).abs().max().item() for k in x])
     return worst
 

@@ -7,9 +7,10 @@ generated custom stream (15 small yes/no tasks, 8 training and 4 test examples e
 ru_maxrss from os.wait4, and the child also notes its peak just before the final report (results.json, report.md,
 heatmap): the loop's own peak.
 Repetitions are interleaved (every setting once per round) and the figures are medians. The checkpoint figures
-are exact: the tensor bytes of each phase's trainable.safetensors (file size minus the 8-byte length and the JSON
-header) against the per-task PET bytes computed by `continual_lm.plan` on the meta device; growth between
-consecutive phases must equal one task's PET parameters. Writes bench/growth.md and bench/growth.json.
+are exact: the tensor bytes of each phase's trainable state (as its checkpoint loads it) against the per-task PET
+bytes computed by `continual_lm.plan` on the meta device; growth between consecutive phases must equal one task's PET
+parameters. (On disk a checkpoint stores only what changed since the earlier ones: bench/checkpoint_disk.md.)
+Writes bench/growth.md and bench/growth.json.
 """
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ import os
 import platform
 import random
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -88,20 +88,20 @@ def child(trace: str, argv: list[str]) -> int:
     return cli_main(argv)
 
 
-def tensor_bytes(path: Path) -> tuple[int, int]:
-    """(tensor data bytes, header bytes) of a safetensors file."""
-    with open(path, "rb") as handle:
-        header = struct.unpack("<Q", handle.read(8))[0]
-    return path.stat().st_size - 8 - header, 8 + header
-
-
 def checkpoint_sizes(out: Path, tasks: int) -> list[dict]:
-    sizes = []
+    """Per phase: the tensor bytes of its trainable state, and the bytes its checkpoint added on disk (manifest,
+    method state and the blobs no earlier phase wrote)."""
+    from continual_lm.train.checkpoint import RunDir
+
+    sizes, seen = [], set()
     for row in range(tasks):
         folder = out / "checkpoints" / f"phase_{row:02d}"
-        data, header = tensor_bytes(folder / "trainable.safetensors")
-        sizes.append({"phase": row, "tensor_bytes": data, "header_bytes": header,
-                      "folder_bytes": sum(p.stat().st_size for p in folder.iterdir())})
+        trainable = RunDir(out).load_checkpoint(row)[0]
+        blobs = json.loads((folder / "manifest.json").read_text())["blobs"]
+        added = sum(blob["bytes"] for name, blob in blobs.items() if name not in seen)
+        seen |= set(blobs)
+        sizes.append({"phase": row, "tensor_bytes": sum(t.numel() * t.element_size() for t in trainable.values()),
+                      "added_bytes": added + sum(p.stat().st_size for p in folder.iterdir())})
     return sizes
 
 

@@ -98,33 +98,53 @@ def default_methods() -> list[str]:
     return specs + list(VARIANTS)
 
 
+def run_config(benchmark: str, method: str, settings: dict, preset: dict, root: Path, data_dir: str | None,
+               mixed_precision: str = "no") -> RunConfig:
+    """The configuration of one method's run on a benchmark of a preset (a variant: its method with options)."""
+    spec, options = VARIANTS.get(method, (method, {}))
+    single_dir = root / benchmark / "single"
+    single_done = method != "single" and (single_dir / "results.json").exists()
+    return RunConfig(benchmark=benchmark, method=spec, model=preset["model"], seed=preset["seed"],
+                     method_options=options, data_dir=data_dir, keep_checkpoints="last",
+                     output_dir=str(root / benchmark / method), mixed_precision=mixed_precision,
+                     single_task_from=str(single_dir) if single_done else None, **settings)
+
+
+def is_finished(benchmark: str, method: str, preset: dict, root: Path, data_dir: str | None,
+                mixed_precision: str = "no") -> bool:
+    """A finished run of this configuration is there (a finished run of another configuration is an error)."""
+    from continual_lm.train.assemble import same_configuration
+
+    out = root / benchmark / method
+    if not (out / "results.json").exists():
+        return False
+    config = run_config(benchmark, method, preset["benchmarks"][benchmark], preset, root, data_dir, mixed_precision)
+    same_configuration(config, out, resume=False, how_to_replace=f"remove {out} to run it again")
+    return True
+
+
 def run_one(benchmark: str, method: str, settings: dict, preset: dict, root: Path, data_dir: str | None,
             mixed_precision: str = "no", log: bool = False) -> dict:
     """Run (or resume, or skip if finished) one method of a benchmark; with ``log``, its output goes to
     <benchmark>/<method>.log instead of the console (several runs at a time) and progress bars are off."""
-    from continual_lm.train.loop import run
+    from continual_lm.train.assemble import prepare_run
 
     out = root / benchmark / method
-    if (out / "results.json").exists():
-        print(f"[reproduce] {benchmark}/{method}: finished earlier", flush=True)
-        return json.loads((out / "results.json").read_text())
-    spec, options = VARIANTS.get(method, (method, {}))
-    single_dir = root / benchmark / "single"
-    single_done = method != "single" and (single_dir / "results.json").exists()
-    config = RunConfig(benchmark=benchmark, method=spec, model=preset["model"], seed=preset["seed"],
-                       method_options=options, data_dir=data_dir, keep_checkpoints="last", output_dir=str(out),
-                       mixed_precision=mixed_precision, single_task_from=str(single_dir) if single_done else None,
-                       **settings)
+    config = run_config(benchmark, method, settings, preset, root, data_dir, mixed_precision)
     if log:
         config.progress = False
-    resume = (out / "config.yaml").exists()
-    print(f"[reproduce] {benchmark}/{method}: {'resuming' if resume else 'starting'}", flush=True)
+    # reused or resumed only for this configuration
+    prepared = prepare_run(config, output_dir=out, reuse=True, how_to_replace=f"remove {out} to run it again")
+    if prepared.action == "reuse":
+        print(f"[reproduce] {benchmark}/{method}: finished earlier", flush=True)
+        return prepared.results
+    print(f"[reproduce] {benchmark}/{method}: {'resuming' if prepared.action == 'resume' else 'starting'}", flush=True)
     if not log:
-        return run(config, output_dir=out, resume=resume, overwrite=not resume)
+        return prepared.start()
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.parent / f"{method}.log", "a") as stream, contextlib.redirect_stdout(stream), \
             contextlib.redirect_stderr(stream):
-        results = run(config, output_dir=out, resume=resume, overwrite=not resume)
+        results = prepared.start()
     print(f"[reproduce] {benchmark}/{method}: done, AP {results['metrics']['AP']:.2f}", flush=True)
     return results
 
@@ -137,7 +157,7 @@ def seqlora_runner(preset_name: str, benchmark: str, data_dir: str):
     preset = PRESETS[preset_name]
     config = RunConfig(benchmark=benchmark, method="seqlora", model=preset["model"], seed=preset["seed"],
                        data_dir=data_dir, progress=False, **preset["benchmarks"][benchmark])
-    runner = build_runner(config, Path("/nonexistent"), write_config=False)
+    runner = build_runner(config, Path("/nonexistent"))
     runner.method.before_task(runner.model, 0, runner.tasks[0])
     return runner
 
@@ -290,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     queue = []  # method-major, so that both benchmarks' long runs (lfpt5, ewc) are not all left for the end
     for m in methods:
         for b in benchmarks:
-            if (root / b / m / "results.json").exists():
+            if is_finished(b, m, preset, root, args.data_dir, args.mixed_precision):
                 print(f"[reproduce] {b}/{m}: finished earlier")
             else:
                 queue.append((b, m))

@@ -68,11 +68,14 @@ class LoadedRun:
             if not isinstance(item, dict) or not ({"prompt", "input"} & set(item)):
                 raise ContinualLMError(f"input {position}: expected a string, {{'prompt': ...}} or "
                                        f"{{'input': ..., 'task': ...}}, got {item!r:.80}")
+            for key in ("prompt", "input", "task"):
+                if key in item and not isinstance(item[key], str):
+                    raise ContinualLMError(f"input {position}: '{key}' must be a string, got {item[key]!r:.80}")
             if "prompt" in item:
                 if self.method.uses_task_id_at_test:
                     raise ContinualLMError(f"method {self.config.method} needs a task id at test time; give inputs "
                                            f"as {{'input': ..., 'task': ...}}")
-                requests.append((raw, -1, str(item["prompt"])))
+                requests.append((raw, -1, item["prompt"]))
                 continue
             name = item.get("task")
             if name is None:
@@ -81,16 +84,26 @@ class LoadedRun:
             if name not in by_name:
                 raise ContinualLMError(f"input {position}: unknown task {name!r}; this run's tasks: "
                                        f"{', '.join(by_name)}")
-            requests.append((self.tasks[by_name[name]], by_name[name], str(item["input"])))
+            requests.append((self.tasks[by_name[name]], by_name[name], item["input"]))
         return predict_requests(self.model, self.method, self.runner.collator, requests,
                                 batch_size or self.config.eval_batch_size, None, progress, desc="predict")
 
 
-def load_run(run_dir: str | Path) -> LoadedRun:
-    """The final model of a run directory, ready to predict, export or merge."""
+def load_run(run_dir: str | Path, *, trust_remote_code: bool = False, allow_unfinished: bool = False) -> LoadedRun:
+    """The final model of a run directory, ready to predict, export or merge. The model's own code runs only with
+    ``trust_remote_code``; a run that has not finished (no results.json) is refused unless ``allow_unfinished``
+    (then its model after the last trained phase is used)."""
+    from .train.checkpoint import RunDir
     from .train.loop import load_final_runner
 
-    return LoadedRun(Path(run_dir), load_final_runner(run_dir))
+    run_dir = RunDir(run_dir)
+    if not run_dir.results_path.exists() and not allow_unfinished:
+        trained = sum(bool(p.get("trained")) for p in run_dir.read_state()["phases"].values())
+        raise ContinualLMError(f"{run_dir.path} is an unfinished run ({trained} phase(s) trained, no results.json); "
+                               f"finish it with `continual-lm run --resume {run_dir.path}`, or pass "
+                               f"--allow-unfinished (allow_unfinished=True) to use its model after the last trained "
+                               f"phase")
+    return LoadedRun(run_dir.path, load_final_runner(run_dir.path, trust_remote_code=trust_remote_code))
 
 
 # ---- export ------------------------------------------------------------------------------------------------------
@@ -103,6 +116,45 @@ def _evaluated_model(run: LoadedRun):
     """``evaluated_model(model)`` of a method whose evaluation uses other weights than its trained state (the merge
     of its task vectors: methods/merging.py), else None."""
     return getattr(getattr(run.method, "base", run.method), "evaluated_model", None)
+
+
+def _outside_the_weights(run: LoadedRun) -> str | None:
+    """Why the run's learned state cannot live in the model's own weights (so that merge would write a model that
+    does not reproduce it), or None. Generic: the method's own forward/generate (soft prompts fed as inputs), a
+    task id at test time, or trained parameters that are neither LoRAs nor parameters of the architecture."""
+    from .methods.base import overrides
+
+    parts = getattr(run.method, "parts", [run.method])
+    own = [f"{p.name}.{hook}" for p in parts for hook in ("forward", "generate") if overrides(type(p), hook)]
+    if own:
+        return f"it computes its outputs through its own {' and '.join(own)} (e.g. learned soft prompts)"
+    if run.method.uses_task_id_at_test:
+        return "it needs the task id at test time"
+    lora = {f"{name}.{kind}.{i}" for name, bank in find_lora_banks(run.model).items()
+            for kind in ("lora_A", "lora_B") for i in range(bank.num_loras)}
+    architecture = _architecture_parameter_names(run.model)
+    extra = [n for n in run.runner.trainable_state() if n not in lora and architecture is not None
+             and n.replace(".base.", ".") not in architecture]
+    if extra:
+        return f"it trains parameters outside the model's architecture ({', '.join(extra[:3])})"
+    return None
+
+
+def _architecture_parameter_names(model) -> set[str] | None:
+    """Parameter names of the model's own class built from its config on the meta device (None if it cannot)."""
+    try:
+        with torch.device("meta"):
+            skeleton = type(model)(model.config)
+    except Exception:  # a model class that cannot be built this way: the other checks still apply
+        return None
+    return {name for name, _ in skeleton.named_parameters(remove_duplicate=False)}
+
+
+def _not_in_weights_error(run: LoadedRun, reason: str, command: str) -> ContinualLMError:
+    return ContinualLMError(f"method {run.config.method}: its learned state cannot be merged into the model's "
+                            f"weights, nor exported as peft adapters ({reason}); `continual-lm {command}` would "
+                            f"write a model that does not reproduce the run. Use the run itself: `continual-lm "
+                            f"predict {run.path} ...` or continual_lm.load_run")
 
 
 def _peft_adapter(run: LoadedRun, out: Path, pieces: dict[str, tuple[torch.Tensor, torch.Tensor]], rank: int,
@@ -136,6 +188,9 @@ def export_run(run: LoadedRun, out: str | Path, fmt: str = "peft") -> dict[str, 
         raise ContinualLMError(f"export directory {out} already exists and is not empty")
     banks = find_lora_banks(run.model)
     if not banks:
+        reason = _outside_the_weights(run)
+        if reason:
+            raise _not_in_weights_error(run, reason, "export")
         raise ContinualLMError(f"method {run.config.method} has no LoRAs to export; use `continual-lm merge` to "
                                f"write the fine-tuned model")
     tmp = out.with_name(f".{out.name}.tmp")
@@ -178,6 +233,10 @@ def merge_run(run: LoadedRun, out: str | Path) -> Path:
     if out.exists() and any(out.iterdir()):
         raise ContinualLMError(f"merge directory {out} already exists and is not empty")
     fold = _evaluated_model(run)
+    if fold is None:  # merging methods evaluate a merge of their task vectors: that merge is what is written
+        reason = _outside_the_weights(run)
+        if reason:
+            raise _not_in_weights_error(run, reason, "merge")
     model = fold(run.model) if fold is not None else run.model  # merging methods: their merged weights, no banks
     banks = find_lora_banks(model)
     if banks and not _is_static(run):

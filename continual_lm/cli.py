@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import sys
 import typing
@@ -57,7 +58,8 @@ RUN_OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("dtype", dict(help="float32 | bfloat16 | float16 weights")),
     ("mixed_precision", dict(help="no | bf16 | fp16 (through accelerate)")),
     ("gradient_checkpointing", dict(action=argparse.BooleanOptionalAction)),
-    ("keep_checkpoints", dict(help="all (default) | last")),
+    ("keep_checkpoints", dict(help="all (default): every phase's checkpoint (each refers to the tensors earlier ones "
+                                   "stored) | last: only the latest, pruned once the next phase is evaluated")),
     ("trust_remote_code", dict(action=argparse.BooleanOptionalAction, help="only for models you trust")),
     ("progress", dict(action=argparse.BooleanOptionalAction, help="progress bars (default on)")),
 ]
@@ -110,7 +112,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                            default=None, **kwargs)
 
 
-def config_from_args(args: argparse.Namespace):
+def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The options this command line gives (its --config file, then its flags), nested like RunConfig.to_dict()."""
     from .config import RunConfig, read_yaml_mapping
 
     data: dict[str, Any] = {}
@@ -129,7 +132,8 @@ def config_from_args(args: argparse.Namespace):
             lora[name] = getattr(args, f"lora_{name}")
     if args.lora_targets:
         lora["targets"] = [t for item in args.lora_targets for t in item.split(",") if t]
-    data["lora"] = lora
+    if lora:
+        data["lora"] = lora
     options = {k: dict(v) for k, v in (data.get("method_options") or {}).items()}
     for key, value in vars(args).items():
         if key.startswith("m__") and value is not None:
@@ -137,8 +141,15 @@ def config_from_args(args: argparse.Namespace):
             if isinstance(value, list) and len(value) == 1:
                 value = value[0]
             options.setdefault(method_name, {})[field_name] = value
-    data["method_options"] = options
-    return RunConfig.from_dict(data, source="command line")
+    if options:
+        data["method_options"] = options
+    return data
+
+
+def config_from_args(args: argparse.Namespace):
+    from .config import RunConfig
+
+    return RunConfig.from_dict(options_from_args(args), source="command line")
 
 
 # ---- commands ------------------------------------------------------------------------------------------------
@@ -152,47 +163,85 @@ def _print_main(text: str) -> None:
 
 def cmd_run(args) -> int:
     from .eval.report import comparison_markdown
-    from .train.loop import run
+    from .train.assemble import prepare_run, resume_config
 
     if args.resume:
-        results = run(config_from_args(args), output_dir=args.resume, resume=True)
-        _print_main(f"{comparison_markdown([results])}\n\nrun directory: {args.resume}")
+        if args.overwrite or args.seeds or (args.order and len(args.order) > 1):
+            raise ContinualLMError("--resume continues one run: it cannot be combined with --overwrite, --seeds or "
+                                   "several --order values")
+        config = resume_config(args.resume, options_from_args(args))
+        prepared = prepare_run(config, output_dir=args.resume, resume=True)
+        results = prepared.start()
+        _print_main(f"{comparison_markdown([results])}\n\nrun directory: {prepared.path}")
         return 0
     config = config_from_args(args)
     orders = args.order or [config.order]
     seeds = args.seeds or [config.seed]
+    for name, values in (("--order", orders), ("--seeds", seeds)):
+        repeated = sorted({str(v) for v in values if values.count(v) > 1})
+        if repeated:
+            raise ContinualLMError(f"{name}: {', '.join(repeated)} given more than once; each value is one run")
     if len(orders) * len(seeds) == 1:
-        results = run(config, output_dir=args.output_dir, overwrite=args.overwrite)
-        _print_main(f"{comparison_markdown([results])}\n\nrun directory: {args.output_dir or config.output_dir}")
+        prepared = prepare_run(config, output_dir=args.output_dir, overwrite=args.overwrite)
+        results = prepared.start()
+        _print_main(f"{comparison_markdown([results])}\n\nrun directory: {prepared.path}")
         return 0
     return _sweep(config, orders, seeds, args)
 
 
 def _sweep(config, orders: list, seeds: list[int], args) -> int:
-    """Every (order, seed) into PARENT/order<o>-seed<s>; finished children are reused, interrupted ones resumed."""
-    import dataclasses
+    """Every (order, seed) into PARENT/order<o>-seed<s>. Finished children of the same configuration are reused,
+    interrupted ones resumed; a child of another configuration is refused before anything runs. --overwrite
+    replaces a sweep directory (one holding only runs), after the first child was fully checked."""
+    import shutil
 
     from .eval.aggregate import aggregate_markdown
     from .eval.report import comparison_markdown
-    from .train.loop import run
+    from .train.assemble import prepare_run, resolve_config, same_configuration
+    from .train.checkpoint import RunDir, sweep_contents
+    from .train.loop import load_stream_for
 
-    parent = Path(args.output_dir or f"runs/sweep-{config.benchmark}-{config.method}")
-    if args.overwrite and parent.exists():
-        import shutil
-
-        shutil.rmtree(parent)
-    all_results = []
+    parent = Path(args.output_dir or f"runs/sweep-{config.benchmark}-{config.method}").absolute()
+    children = []
     for order in orders:
         for seed in seeds:
             child = parent / (f"order{order}-seed{seed}" if order is not None else f"seed{seed}")
-            if (child / "results.json").exists():
-                print(f"[sweep] {child}: finished earlier, reused")
-                all_results.append(json.loads((child / "results.json").read_text()))
-                continue
-            resume = (child / "config.yaml").exists()
-            print(f"[sweep] {child}: {'resuming' if resume else 'running'}")
-            child_config = dataclasses.replace(config, order=order, seed=seed, output_dir=str(child))
-            all_results.append(run(child_config, output_dir=child, resume=resume))
+            children.append((child, dataclasses.replace(config, order=order, seed=seed, output_dir=str(child))))
+    if args.overwrite:
+        found = sweep_contents(parent)
+        if found.kind == "file":
+            raise ContinualLMError(f"--output-dir {parent} is a file, not a directory")
+        if found.kind == "other":
+            raise ContinualLMError(f"--overwrite {parent}: refusing to delete it: it is not a continual_lm run or "
+                                   f"sweep directory (it holds {', '.join(found.foreign[:6])}); remove it yourself or "
+                                   f"choose another --output-dir")
+        locked = [p for p in parent.iterdir() if RunDir(p).is_locked_by_another_process()] if found.kind == "run" \
+            else []
+        if locked:
+            raise ContinualLMError(f"--overwrite {parent}: {locked[0]} is in use by another process")
+        first = prepare_run(children[0][1], output_dir=children[0][0], overwrite=True)  # model, method, targets, data
+        for _, child_config in children[1:]:
+            load_stream_for(resolve_config(child_config))  # each order's data
+        if found.kind == "run":
+            for entry in parent.iterdir():
+                if entry.is_dir():
+                    shutil.rmtree(entry)
+        prepared = [first]
+    else:
+        for child, child_config in children:  # another configuration in any child is refused before anything runs
+            kind = RunDir(child).contents().kind
+            if kind == "run":
+                same_configuration(child_config, child, resume=False)
+            elif kind in ("other", "file"):
+                raise ContinualLMError(f"{child} exists and is not a continual_lm run; the sweep cannot write there")
+        prepared = []
+    all_results = []
+    for index, (child, child_config) in enumerate(children):
+        run_prepared = prepared[index] if index < len(prepared) else prepare_run(child_config, output_dir=child,
+                                                                                reuse=True)
+        label = {"reuse": "finished earlier, reused", "resume": "resuming"}.get(run_prepared.action, "running")
+        print(f"[sweep] {child}: {label}")
+        all_results.append(run_prepared.start())
     print(comparison_markdown(all_results))
     print()
     print(aggregate_markdown(all_results))
@@ -201,6 +250,8 @@ def _sweep(config, orders: list, seeds: list[int], args) -> int:
 
 
 def _load_results(paths: list[str]) -> list[dict]:
+    from .eval.report import results_problem
+
     results = []
     for given in paths:
         path = Path(given)
@@ -209,9 +260,13 @@ def _load_results(paths: list[str]) -> list[dict]:
             raise ContinualLMError(f"{given}: no results.json found (expected a run directory or a parent of runs)")
         for file in files:
             try:
-                results.append(json.loads(file.read_text()))
+                data = json.loads(file.read_text())
             except json.JSONDecodeError as err:
                 raise ContinualLMError(f"{file} is not valid JSON: {err}") from None
+            problem = results_problem(data)
+            if problem:
+                raise ContinualLMError(f"{file} is not a continual_lm results.json: {problem}")
+            results.append(data)
     return results
 
 
@@ -286,7 +341,8 @@ def cmd_predict(args) -> int:
     from .io_utils import atomic_write_text
 
     records = read_records(args.input)
-    predictions = load_run(args.run_dir).predict(records, batch_size=args.batch_size, progress=True)
+    loaded = load_run(args.run_dir, trust_remote_code=args.trust_remote_code, allow_unfinished=args.allow_unfinished)
+    predictions = loaded.predict(records, batch_size=args.batch_size, progress=True)
     lines = [json.dumps({**r, "prediction": p}, ensure_ascii=False) for r, p in zip(records, predictions)]
     if args.output:
         atomic_write_text(args.output, "\n".join(lines) + "\n")
@@ -299,7 +355,8 @@ def cmd_predict(args) -> int:
 def cmd_export(args) -> int:
     from .api import export_run, load_run
 
-    summary = export_run(load_run(args.run_dir), args.out, args.format)
+    loaded = load_run(args.run_dir, trust_remote_code=args.trust_remote_code, allow_unfinished=args.allow_unfinished)
+    summary = export_run(loaded, args.out, args.format)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -307,7 +364,8 @@ def cmd_export(args) -> int:
 def cmd_merge(args) -> int:
     from .api import load_run, merge_run
 
-    print(f"merged model -> {merge_run(load_run(args.run_dir), args.out)}")
+    loaded = load_run(args.run_dir, trust_remote_code=args.trust_remote_code, allow_unfinished=args.allow_unfinished)
+    print(f"merged model -> {merge_run(loaded, args.out)}")
     return 0
 
 
@@ -364,6 +422,11 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("run_dir")
     merge.add_argument("out")
     merge.set_defaults(func=cmd_merge)
+    for command in (predict, export, merge):
+        command.add_argument("--trust-remote-code", action="store_true",
+                             help="run the model's own code (only for models you trust; never taken from the run)")
+        command.add_argument("--allow-unfinished", action="store_true",
+                             help="use a run that has not finished: its model after the last trained phase")
 
     analyze = sub.add_parser("analyze", help="analyses of a finished run (e.g. migu-overlap); NAME --help for options")
     analyze.add_argument("analysis", help="name of the analysis")
@@ -385,6 +448,13 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except ContinualLMError as err:
         print(f"continual-lm: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"continual-lm: error: no space left on device while writing {err.filename or 'a file'}; what was "
+              f"written so far is consistent (atomic writes): free some space, then continue a run with "
+              f"`continual-lm run --resume RUN_DIR`", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted; continue with `continual-lm run --resume RUN_DIR`", file=sys.stderr)

@@ -11,6 +11,8 @@ values not given, even where a given value equals the default. A RunConfig built
 from __future__ import annotations
 
 import dataclasses
+import math
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,6 +105,7 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "configuration") -> "RunConfig":
+        """A validated configuration from a mapping of options; errors name ``source`` (a file or "command line")."""
         if not isinstance(data, dict):
             raise ContinualLMError(f"{source}: expected a mapping of options, got {type(data).__name__}")
         data = dict(data)
@@ -113,12 +116,20 @@ class RunConfig:
         lora = data.pop("lora", None) or {}
         if isinstance(lora, LoRAConfig):
             lora = dataclasses.asdict(lora)
+        if not isinstance(lora, dict):
+            raise ContinualLMError(f"{source}: lora must be a mapping with keys r, alpha, dropout, targets, "
+                                   f"got {lora!r}")
         lora_names = {f.name for f in dataclasses.fields(LoRAConfig)}
         for key in lora:
             if key not in lora_names:
                 raise ContinualLMError(f"{source}: {unknown_choice('lora option', key, lora_names)}")
         config = cls(**data, lora=LoRAConfig(**lora), given=_given_keys(data, lora))
-        config.validate()
+        try:
+            config.validate()
+        except ContinualLMError as err:
+            if source in ("configuration", "command line"):
+                raise
+            raise ContinualLMError(f"{source}: {err}") from None
         return config
 
     @classmethod
@@ -126,11 +137,17 @@ class RunConfig:
         return cls.from_dict(read_yaml_mapping(path), source=str(path))
 
     def validate(self) -> None:
+        """Types first (a YAML file can hold anything), then ranges: every number finite."""
+        if isinstance(self.order, int) and not isinstance(self.order, bool):
+            self.order = str(self.order)  # YAML reads `order: 1` as an integer
+        _check_types(self, "")
+        _check_types(self.lora, "lora_")
+
         def positive(name: str, allow_none: bool = False) -> None:
             value = getattr(self, name)
             if value is None and allow_none:
                 return
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            if value <= 0:
                 raise ContinualLMError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
 
         for name in ("epochs", "batch_size", "eval_batch_size", "grad_accum", "max_input_length", "max_target_length"):
@@ -138,29 +155,30 @@ class RunConfig:
         for name in ("max_train_per_task", "max_test_per_task", "max_train_per_class", "max_test_per_class",
                      "general_limit"):
             positive(name, allow_none=True)
-        if self.lr is not None and not (isinstance(self.lr, (int, float)) and self.lr > 0):
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ContinualLMError(f"--seed must be an integer in [0, {MAX_SEED}] (2**32 - 1), got {self.seed!r}")
+        if self.lr is not None and not self.lr > 0:
             raise ContinualLMError(f"--lr must be a positive number, got {self.lr!r}")
-        if isinstance(self.mlm_probability, bool) or not isinstance(self.mlm_probability, (int, float)) \
-                or not 0 < self.mlm_probability < 1:
+        if not 0 < self.mlm_probability < 1:
             raise ContinualLMError(f"--mlm-probability must be a number in (0, 1), got {self.mlm_probability!r}")
         if not 0 <= self.warmup_ratio < 1:
             raise ContinualLMError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio!r}")
-        if self.weight_decay < 0 or self.max_grad_norm < 0:
-            raise ContinualLMError("--weight-decay and --max-grad-norm must be >= 0")
+        for name in ("weight_decay", "max_grad_norm"):
+            if getattr(self, name) < 0:
+                raise ContinualLMError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)!r}")
         for name, allowed in (("scheduler", SCHEDULERS), ("mixed_precision", MIXED_PRECISION), ("dtype", DTYPES),
                               ("keep_checkpoints", ("all", "last")), ("report_to", ("none", "tensorboard", "wandb"))):
             if getattr(self, name) not in allowed:
                 raise ContinualLMError(f"--{name.replace('_', '-')}: {unknown_choice('value', getattr(self, name), allowed)}")
-        if not isinstance(self.lora.r, int) or self.lora.r <= 0:
+        if self.lora.r <= 0:
             raise ContinualLMError(f"--lora-r must be a positive integer, got {self.lora.r!r}")
         if self.lora.alpha <= 0:
             raise ContinualLMError(f"--lora-alpha must be positive, got {self.lora.alpha!r}")
         if not 0 <= self.lora.dropout < 1:
             raise ContinualLMError(f"--lora-dropout must be in [0, 1), got {self.lora.dropout!r}")
-        if self.order is not None:
-            self.order = str(self.order)
-        if not isinstance(self.method_options, dict):
-            raise ContinualLMError("method_options must map a method name to its options")
+        for method, options in self.method_options.items():
+            if not isinstance(options, dict):
+                raise ContinualLMError(f"method_options.{method} must map option names to values, got {options!r}")
         if self.preset is not None:
             from .presets import preset_names
 
@@ -175,6 +193,8 @@ def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise ContinualLMError(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ContinualLMError(f"config file {path} cannot be read: {err}") from None
     except yaml.YAMLError as err:
         raise ContinualLMError(f"config file {path} is not valid YAML: {err}") from None
     if data is not None and not isinstance(data, dict):
@@ -190,3 +210,46 @@ def _given_keys(data: dict[str, Any], lora: dict[str, Any]) -> frozenset[str]:
     for method, options in (method_options.items() if isinstance(method_options, dict) else []):
         keys |= {f"options.{method}.{k}" for k in (options if isinstance(options, dict) else {})}
     return frozenset(keys)
+
+
+MAX_SEED = 2**32 - 1  # numpy's limit; torch and random accept it too
+
+
+def _check_types(obj: Any, prefix: str) -> None:
+    """Each field of a config dataclass against its annotation (int, float, str, bool, list[str], dict, X | None);
+    floats must be finite. The error names the option as its flag."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        kind = hints[f.name]
+        if kind is LoRAConfig:
+            continue
+        value = getattr(obj, f.name)
+        args = typing.get_args(kind)
+        optional = type(None) in args
+        if optional:
+            if value is None:
+                continue
+            kind = next(a for a in args if a is not type(None))
+        if not _is_instance(value, kind):
+            expected = _EXPECTED.get(kind, str(kind)) + (" or null" if optional else "")
+            raise ContinualLMError(f"--{(prefix + f.name).replace('_', '-')}: expected {expected}, got {value!r}")
+
+
+def _is_instance(value: Any, kind: Any) -> bool:
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if kind is str:
+        return isinstance(value, str)
+    if typing.get_origin(kind) is list:
+        return isinstance(value, list) and all(_is_instance(v, typing.get_args(kind)[0]) for v in value)
+    if typing.get_origin(kind) is dict:
+        return isinstance(value, dict)
+    return True
+
+
+_EXPECTED = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string",
+             list[str]: "a list of strings", dict[str, dict[str, Any]]: "a mapping"}

@@ -5,7 +5,6 @@ interrupted ones resumed, so running the demo twice costs nothing the second tim
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -27,25 +26,25 @@ def demo_config(method: str, model: str, seed: int, output_dir: Path, progress: 
 
 def run_demo(output_dir: str | Path = "continual_lm_demo", model: str = "smollm2-135m", methods: list[str] | None = None,
              seed: int = 42, fresh: bool = False, progress: bool = True) -> list[dict]:
-    from .models.backbone import load_backbone
-    from .train.loop import run
+    """Each method into OUTPUT_DIR/<method>. A finished run of the same configuration is reused and an interrupted
+    one resumed; a run of another configuration (another model or seed) is refused unless ``fresh``, which replaces
+    the demo's runs (and nothing that is not a run)."""
+    from .train.assemble import prepare_run
 
     root = Path(output_dir)
     methods = methods or DEMO_METHODS
+    configs = {method: demo_config(method, model, seed, root / method, progress) for method in methods}
     results = []
     start = time.perf_counter()
-    for method in methods:
+    for method, config in configs.items():
         run_dir = root / method
-        done = run_dir / "results.json"
-        if done.exists() and not fresh:
+        prepared = prepare_run(config, output_dir=run_dir, overwrite=fresh, reuse=not fresh, how_to_replace="--fresh")
+        if prepared.action == "reuse":
             print(f"[demo] {method}: reusing finished run {run_dir}")
-            results.append(json.loads(done.read_text()))
-            continue
-        print(f"[demo] {method}: training on the demo stream -> {run_dir}")
-        config = demo_config(method, model, seed, run_dir, progress)
-        backbone = load_backbone(model, seed=seed)  # a fresh copy per method: methods modify the model
-        resume = (run_dir / "config.yaml").exists() and not fresh
-        results.append(run(config, output_dir=run_dir, resume=resume, overwrite=not resume, backbone=backbone))
+        else:
+            print(f"[demo] {method}: {'resuming' if prepared.action == 'resume' else 'training'} on the demo stream "
+                  f"-> {run_dir}")
+        results.append(prepared.start())
     table = comparison_markdown(results)
     atomic_write_text(root / "comparison.md", table + "\n")
     plot_comparison_bars(results, root / "comparison.png")

@@ -108,3 +108,37 @@ def set_up_method(tmp_path, method: str, tasks: list[str], model="tiny-random-ll
     for i in range(before_tasks):
         built.before_task(backbone.model, i, built.tasks[i])
     return built, backbone
+
+
+def checkpoint_tensors(run_dir, row: int) -> dict:
+    """The trainable tensors of phase ``row``'s checkpoint in ``run_dir`` (read through the run directory's own
+    loader, which verifies them)."""
+    from continual_lm.train.checkpoint import RunDir
+
+    return RunDir(run_dir).load_checkpoint(row)[0]
+
+
+def checkpoint_method_tensors(run_dir, row: int) -> dict:
+    """The method-state tensors (``Method.extra_state``) of phase ``row``'s checkpoint in ``run_dir``."""
+    from continual_lm.train.checkpoint import RunDir
+
+    return RunDir(run_dir).load_checkpoint(row)[1]
+
+
+def snapshot(folder) -> dict:
+    """Every file under ``folder`` (but the lock file) with its bytes: equal snapshots = nothing changed."""
+    folder = Path(folder)
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != ".lock"}
+
+
+def skip_report_and_gc(monkeypatch) -> None:
+    """For tests that check weights and state, not reports: skip the report's figures and accelerate's gc.collect
+    after each phase (together most of a tiny run's time in a long test process; neither changes what is trained,
+    evaluated or checkpointed)."""
+    import gc
+
+    from continual_lm.eval import report
+
+    monkeypatch.setattr(report, "write_run_report", lambda run_dir, results: None)
+    monkeypatch.setattr(gc, "collect", lambda *args: 0)

@@ -17,7 +17,7 @@ from continual_lm.models.backbone import default_lora_targets, is_encoder_only, 
 from continual_lm.train.end_task import end_task_scores, macro_f1
 from continual_lm.train.loop import run
 
-from helpers import load_script, run_crashed_in_first_evaluation_then_resumed, tiny_config
+from helpers import load_script, run_crashed_in_first_evaluation_then_resumed, tiny_config, checkpoint_tensors
 from test_loop import check_contract
 
 MASK, PAD, CLS = 4, 0, 1
@@ -240,9 +240,7 @@ def test_continual_pretraining_run_writes_valid_results_and_resumes_to_the_same(
         monkeypatch, lambda where: corpus_config(where, stream, model, method), tmp_path / "b")
     for key in ("matrix", "matrix_macro_f1", "metrics", "metrics_macro_f1"):
         assert resumed[key] == reference[key]
-    from safetensors.torch import load_file
-
-    weights = [load_file(tmp_path / name / "run" / "checkpoints" / "phase_01" / "trainable.safetensors")
+    weights = [checkpoint_tensors(tmp_path / name / "run", 1)
                for name in ("a", "b")]
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])  # the same training (and MLM masks)

@@ -17,11 +17,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from continual_lm.train.loop import run
 
-from helpers import tiny_config
+from helpers import checkpoint_method_tensors, checkpoint_tensors, tiny_config
 
 ROOT = Path(__file__).resolve().parent.parent
 DDP_CONFIG = ROOT / "examples" / "accelerate" / "ddp_cpu.yaml"
@@ -67,16 +66,15 @@ def _reference(tmp_path: Path, method: str, **overrides):
     return run(config)
 
 
-def _max_weight_diff(a: Path, b: Path, name: str) -> float:
-    wa, wb = load_file(a / name), load_file(b / name)
+def _max_weight_diff(wa: dict, wb: dict) -> float:
     assert set(wa) == set(wb)
     return max([(wa[k] - wb[k]).abs().max().item() for k in wa] or [0.0])
 
 
 def _same_weights(a: Path, b: Path, phases: int, atol: float = WEIGHT_ATOL) -> None:
     for row in range(phases):
-        for name in ("trainable.safetensors", "method_state.safetensors"):
-            diff = _max_weight_diff(a / "checkpoints" / f"phase_{row:02d}", b / "checkpoints" / f"phase_{row:02d}", name)
+        for name, read in (("trainable", checkpoint_tensors), ("method state", checkpoint_method_tensors)):
+            diff = _max_weight_diff(read(a, row), read(b, row))
             assert diff <= atol, f"phase {row} {name}: max |diff| {diff}"
 
 
@@ -178,7 +176,7 @@ def test_migu_masks_and_writes_back_the_same_rows_on_every_process(two_process_r
 
 
 def _final_weights(out: Path, phases: int) -> dict[str, torch.Tensor]:
-    return load_file(out / "run" / "checkpoints" / f"phase_{phases - 1:02d}" / "trainable.safetensors")
+    return checkpoint_tensors(out / "run", phases - 1)
 
 
 def test_gradient_accumulation_matches_the_larger_batch_and_checkpointing_runs(tmp_path):

@@ -5,7 +5,7 @@ from continual_lm.data.collate import Collator
 from continual_lm.data.tasks import CLASSIFICATION, Example, Task
 from continual_lm.eval.generate import predict_requests, predict_texts
 from continual_lm.models.backbone import build_byte_tokenizer, load_backbone
-from continual_lm.train.loop import build_runner, prepare_run_dir
+from continual_lm.train.loop import build_runner
 
 from helpers import tiny_config
 
@@ -62,7 +62,7 @@ def test_shared_batches_predict_what_one_task_at_a_time_predicts(tmp_path):
     """A trained tiny model: the stream's tasks decoded together give the per-task predictions."""
     config = tiny_config(tmp_path, method="inclora", max_test_per_task=6, eval_batch_size=4)
     backbone = load_backbone(config.model, seed=config.seed)
-    runner = build_runner(config, prepare_run_dir(config, tmp_path / "run", False, False), backbone=backbone)
+    runner = build_runner(config, tmp_path / "run", backbone=backbone)
     torch.manual_seed(0)
     with torch.no_grad():  # non-zero LoRAs, so the predictions depend on the method's path
         for name, p in runner.model.named_parameters():

@@ -5,9 +5,11 @@ test hooks): it wraps one function and kills its own process at the N-th call. K
 
 * ``train``:     before the 3rd optimiser step (phase 1 is half trained)
 * ``evaluate``:  at the 2nd `generate` call (phase 1 trained and checkpointed, its evaluation under way)
-* ``checkpoint``: inside the 3rd safetensors write (phase 1's trainable.safetensors half written, in the temporary
-                 checkpoint folder, no manifest yet)
+* ``checkpoint``: inside the 2nd checkpoint block write (phase 1's new tensors half written under their temporary
+                 name, no manifest yet)
 * ``rename``:    right after phase 1's checkpoint folder got its final name, before state.json says so
+* ``evaluate-last``: as ``evaluate``, with ``--keep-checkpoints last`` (which once pruned the checkpoint a resume
+                 needed)
 
 The method, inclora+replay, has method state (the replay memory, saved as extra state) that changes what later phases
 train on, so a wrongly restored state shows in the results.
@@ -23,7 +25,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
 
 from continual_lm.config import RunConfig
 from continual_lm.errors import ContinualLMError
@@ -64,15 +65,14 @@ elif target == "evaluate":
         return original_generate(self, *args, **kwargs)
     GenerationMixin.generate = generate
 elif target == "checkpoint":
-    import safetensors.torch
-    original_save = safetensors.torch.save_file
-    def save_file(tensors, filename, *args, **kwargs):
-        original_save(tensors, filename, *args, **kwargs)
-        if due():  # a write cut in the middle
-            with open(filename, "r+b") as handle:
-                handle.truncate(os.path.getsize(filename) // 2)
+    original_replace = os.replace
+    def replace(src, dst, *args, **kwargs):
+        if str(dst).endswith(".safetensors") and due():  # a block write cut in the middle, before its rename
+            with open(src, "r+b") as handle:
+                handle.truncate(os.path.getsize(src) // 2)
             die()
-    safetensors.torch.save_file = save_file
+        original_replace(src, dst, *args, **kwargs)
+    os.replace = replace
 elif target == "rename":
     original_replace = os.replace
     def replace(src, dst, *args, **kwargs):
@@ -81,16 +81,18 @@ elif target == "rename":
             die()
     os.replace = replace
 '''
-KILL_POINTS = {"train": "train:3", "evaluate": "evaluate:2", "checkpoint": "checkpoint:3", "rename": "rename:1"}
+KILL_POINTS = {"train": "train:3", "evaluate": "evaluate:2", "checkpoint": "checkpoint:2", "rename": "rename:1",
+               "evaluate-last": "evaluate:2"}
 
 
-def _cli_args(config: RunConfig, out: Path) -> list[str]:
+def _cli_args(config: RunConfig, out: Path, point: str) -> list[str]:
     return ["run", "--benchmark", "demo", "--method", config.method, "--model", config.model, "--seed",
             str(config.seed), "--tasks", *config.tasks, "--max-train-per-task", str(config.max_train_per_task),
             "--max-test-per-task", str(config.max_test_per_task), "--batch-size", str(config.batch_size),
             "--eval-batch-size", str(config.eval_batch_size), "--max-input-length", str(config.max_input_length),
             "--max-target-length", str(config.max_target_length), "--lr", str(config.lr),
-            "--replay-fraction", "0.25", "--no-progress", "--output-dir", str(out)]
+            "--replay-fraction", "0.25", "--no-progress", "--output-dir", str(out),
+            *(["--keep-checkpoints", "last"] if point.endswith("-last") else [])]
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +106,8 @@ def killed_runs(tmp_path_factory):
     for point, spec in KILL_POINTS.items():
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp / "hook"), os.environ.get("PYTHONPATH", "")]),
                "CLM_TEST_KILL_AT": spec, "OMP_NUM_THREADS": "1"}
-        processes[point] = subprocess.Popen([sys.executable, "-m", "continual_lm", *_cli_args(config, tmp / point)],
+        argv = [sys.executable, "-m", "continual_lm", *_cli_args(config, tmp / point, point)]
+        processes[point] = subprocess.Popen(argv,
                                             cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                             text=True)
     reference = run(config)
@@ -134,12 +137,12 @@ def test_a_run_killed_anywhere_resumes_to_the_same_results(killed_runs, point):
     _assert_nothing_half_written_under_a_final_name(out)
     state = json.loads((out / "state.json").read_text())["phases"]
     assert state["0"]["row"] is not None and "2" not in state  # killed in phase 1
-    if point == "checkpoint":  # the cut write stayed in the temporary folder
+    if point == "checkpoint":  # the cut write stayed under its temporary name
         assert not (out / "checkpoints" / "phase_01").exists()
-        assert list((out / "checkpoints").glob(".phase_01.tmp-*"))
+        assert list((out / "checkpoints" / "blobs").glob(".*.tmp"))
     if point == "rename":  # the checkpoint is complete but the state does not know it yet: phase 1 is redone
         assert (out / "checkpoints" / "phase_01" / "manifest.json").exists() and "1" not in state
-    if point == "evaluate":
+    if point.startswith("evaluate"):
         assert state["1"]["trained"] and state["1"]["row"] is None
 
     resumed = run(RunConfig.from_yaml(out / "config.yaml"), output_dir=out, resume=True)
@@ -149,9 +152,11 @@ def test_a_run_killed_anywhere_resumes_to_the_same_results(killed_runs, point):
     replay = json.loads((out / "checkpoints" / "phase_02" / "method_state.json").read_text())["replay"]["memory"]
     expected = json.loads((tmp / "reference" / "run" / "checkpoints" / "phase_02" / "method_state.json").read_text())
     assert replay == expected["replay"]["memory"]
-    final = load_file(out / "checkpoints" / "phase_02" / "trainable.safetensors")
-    for name, value in load_file(tmp / "reference" / "run" / "checkpoints" / "phase_02" / "trainable.safetensors").items():
+    final = RunDir(out).load_checkpoint(2)[0]
+    for name, value in RunDir(tmp / "reference" / "run").load_checkpoint(2)[0].items():
         assert torch.allclose(final[name], value, rtol=0, atol=1e-6), name  # same weights, not only same scores
+    if point.endswith("-last"):
+        assert [p.name for p in (out / "checkpoints").glob("phase_*")] == ["phase_02"]
 
 
 def test_a_truncated_checkpoint_is_detected_and_named(killed_runs, tmp_path):
@@ -163,17 +168,19 @@ def test_a_truncated_checkpoint_is_detected_and_named(killed_runs, tmp_path):
     state = json.loads((out / "state.json").read_text())
     state["phases"]["2"]["row"] = None  # the last evaluation did not happen: resume must load phase 2's checkpoint
     (out / "state.json").write_text(json.dumps(state))
-    weights = out / "checkpoints" / "phase_02" / "trainable.safetensors"
+    manifest = json.loads((out / "checkpoints" / "phase_02" / "manifest.json").read_text())
+    newest, = [name for name, blob in manifest["blobs"].items() if any(k.endswith(".2") for k in blob["tensors"])]
+    weights = out / "checkpoints" / "blobs" / f"{newest}.safetensors"  # phase 2's own LoRA
     with open(weights, "r+b") as handle:
         handle.truncate(weights.stat().st_size - 100)
-    with pytest.raises(ContinualLMError, match=r"phase_02/trainable\.safetensors is truncated or corrupted"):
+    with pytest.raises(ContinualLMError, match=rf"{weights.name} is truncated or corrupted"):
         run(RunConfig.from_yaml(out / "config.yaml"), output_dir=out, resume=True)
 
 
 def test_a_run_directory_in_use_by_another_process_is_refused(tmp_path):
     """Two processes writing one run (a resume started twice) would prune each other's checkpoints: the second one is
     refused with the directory and the owner's pid named, and the lock goes with the process that held it."""
-    from continual_lm.train.loop import prepare_run_dir
+    from continual_lm.train.assemble import prepare_run
 
     out = tmp_path / "run"
     out.mkdir()
@@ -187,14 +194,14 @@ def test_a_run_directory_in_use_by_another_process_is_refused(tmp_path):
         config = tiny_config(tmp_path, **SETTINGS)
         for resume, overwrite in ((True, False), (False, True)):
             with pytest.raises(ContinualLMError, match="in use by another process"):
-                prepare_run_dir(config, out, resume=resume, overwrite=overwrite)
+                prepare_run(config, output_dir=out, resume=resume, overwrite=overwrite)
         with pytest.raises(ContinualLMError, match=rf"{out.name} is in use by another process \(pid {holder.pid}\)"):
             RunDir(out).acquire_lock()
         assert (out / "config.yaml").exists()  # --overwrite did not remove the other process' run
     finally:
         holder.kill()
         holder.wait()
-    assert prepare_run_dir(tiny_config(tmp_path, **SETTINGS), out, resume=True, overwrite=False) == out
+    assert prepare_run(tiny_config(tmp_path, **SETTINGS), output_dir=out, resume=True).path == out
     first = RunDir(out)
     first.acquire_lock()
     first.release_lock()

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from continual_lm.data.tasks import Example
 from continual_lm.errors import ContinualLMError
@@ -15,7 +14,8 @@ from continual_lm.methods.base import TrainExample, build_method
 from continual_lm.models.backbone import load_backbone
 from continual_lm.train.loop import run
 
-from helpers import NoTaskIds, run_crashed_in_first_evaluation_then_resumed, tiny_config, set_up_method
+from helpers import (NoTaskIds, run_crashed_in_first_evaluation_then_resumed, tiny_config, set_up_method,
+                     checkpoint_tensors)
 
 TWO_TASKS = ["sentiment", "reverse"]
 TEXTS = ["a great film", "the cat sat on the mat"]
@@ -168,8 +168,8 @@ def test_end_to_end_frozen_state_and_resume(tmp_path, monkeypatch, method, model
     assert all(torch.equal(params[n], value) for n, value in base.items())  # the backbone never moves
 
     out = tmp_path / "a" / "run"
-    first = load_file(out / "checkpoints" / "phase_00" / "trainable.safetensors")
-    second = load_file(out / "checkpoints" / "phase_01" / "trainable.safetensors")
+    first = checkpoint_tensors(out, 0)
+    second = checkpoint_tensors(out, 1)
     assert not set(first) & set(base)  # only method parameters are checkpointed
     if method == "progprompt":
         L = options["prompt_length"]
@@ -191,5 +191,5 @@ def test_end_to_end_frozen_state_and_resume(tmp_path, monkeypatch, method, model
     assert resumed["matrix"] == reference["matrix"] and resumed["metrics"] == reference["metrics"]
     predictions = "predictions/after_phase_01.json"
     assert (tmp_path / "b" / "run" / predictions).read_text() == (out / predictions).read_text()
-    resumed_second = load_file(tmp_path / "b" / "run" / "checkpoints" / "phase_01" / "trainable.safetensors")
+    resumed_second = checkpoint_tensors(tmp_path / "b" / "run", 1)
     assert set(resumed_second) == set(second) and all(torch.equal(second[n], resumed_second[n]) for n in second)

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from continual_lm.data.collate import Collator
 from continual_lm.errors import ContinualLMError
@@ -17,7 +16,8 @@ from continual_lm.models.backbone import load_backbone
 from continual_lm.train import loop
 from continual_lm.train.loop import load_stream_for, run
 
-from helpers import run_crashed_in_first_evaluation_then_resumed, tiny_config, set_up_method
+from helpers import (run_crashed_in_first_evaluation_then_resumed, tiny_config, set_up_method, checkpoint_tensors,
+                     checkpoint_method_tensors)
 
 TWO_TASKS = ["sentiment", "animal_class"]
 
@@ -85,14 +85,14 @@ def test_epi_end_to_end_frozen_prompts_statistics_and_resume(tmp_path, monkeypat
     after = dict(backbone.model.named_parameters())
     assert all(torch.equal(after[n], value) for n, value in base.items())  # the backbone never moved
     out = tmp_path / "a" / "run"
-    first = load_file(out / "checkpoints" / "phase_00" / "trainable.safetensors")
-    second = load_file(out / "checkpoints" / "phase_01" / "trainable.safetensors")
+    first = checkpoint_tensors(out, 0)
+    second = checkpoint_tensors(out, 1)
     assert set(second) == {"epi_prompts.prompts.0", "epi_prompts.prompts.1"}
     assert torch.equal(first["epi_prompts.prompts.0"], second["epi_prompts.prompts.0"])  # frozen after task 1
     assert [p.requires_grad for p in backbone.model.epi_prompts.prompts] == [False, True]
     assert not any(p.requires_grad for n, p in backbone.model.named_parameters() if not n.startswith("epi_prompts"))
     # statistics only: class means and covariances in safetensors, nothing textual in the JSON
-    stats = load_file(out / "checkpoints" / "phase_01" / "method_state.safetensors")
+    stats = checkpoint_method_tensors(out, 1)
     hidden = backbone.model.get_input_embeddings().weight.shape[1]
     stream = load_stream_for(make_config(tmp_path / "a")).tasks
     classes = [len({e.target for e in task.train}) for task in stream]  # one mean per class seen in training
@@ -108,7 +108,7 @@ def test_epi_end_to_end_frozen_prompts_statistics_and_resume(tmp_path, monkeypat
 
     resumed = _resume_matches(tmp_path, monkeypatch, make_config, reference)
     assert json.loads((resumed / TASK_ID_JSON).read_text()) == identification
-    again = load_file(resumed / "checkpoints" / "phase_01" / "method_state.safetensors")
+    again = checkpoint_method_tensors(resumed, 1)
     assert all(torch.equal(stats[n], again[n]) for n in stats)
 
 
@@ -213,13 +213,13 @@ def test_lfpt5_end_to_end_pseudo_rate_and_resume(tmp_path, monkeypatch, model):
     replayed = [row for row in trained_on[1] if row[0] == 0]
     assert sorted(replayed) == sorted((0, p["input"], p["output"]) for p in pseudo)
     assert len(trained_on[1]) == 8 + len(pseudo)
-    first = load_file(out / "checkpoints" / "phase_00" / "trainable.safetensors")
-    second = load_file(out / "checkpoints" / "phase_01" / "trainable.safetensors")
+    first = checkpoint_tensors(out, 0)
+    second = checkpoint_tensors(out, 1)
     assert set(second) == {"lfpt5_prompt.prompts.0"} and not torch.equal(first["lfpt5_prompt.prompts.0"],
                                                                           second["lfpt5_prompt.prompts.0"])
 
     resumed = _resume_matches(tmp_path, monkeypatch, make_config, reference)
-    resumed_second = load_file(resumed / "checkpoints" / "phase_01" / "trainable.safetensors")
+    resumed_second = checkpoint_tensors(resumed, 1)
     assert torch.equal(resumed_second["lfpt5_prompt.prompts.0"], second["lfpt5_prompt.prompts.0"])
     resumed_state = json.loads((resumed / "checkpoints" / "phase_00" / "method_state.json").read_text())
     assert resumed_state == state

@@ -40,7 +40,7 @@ def test_tiny_run_writes_a_valid_run_directory(tmp_path):
     assert on_disk["benchmark"] == "demo" and on_disk["method"] == "inclora" and on_disk["seed"] == 3
     for name in ("config.yaml", "report.md", "accuracy_matrix.png", "state.json"):
         assert (out / name).stat().st_size > 0
-    ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
+    ckpts = sorted(p.name for p in (out / "checkpoints").glob("phase_*"))
     assert ckpts == [f"phase_{i:02d}" for i in range(len(on_disk["tasks"]))]
     assert not list(out.rglob("*.tmp*"))
     assert "AP" in (out / "report.md").read_text()
@@ -96,11 +96,13 @@ def test_corrupted_checkpoint_is_detected_and_named(tmp_path):
     state = json.loads((out / "state.json").read_text())
     state["phases"]["3"]["row"] = None  # pretend the last evaluation did not happen: resume must load phase 3
     (out / "state.json").write_text(json.dumps(state))
-    weights = out / "checkpoints" / "phase_03" / "trainable.safetensors"
+    manifest = json.loads((out / "checkpoints" / "phase_03" / "manifest.json").read_text())
+    newest, = [name for name, blob in manifest["blobs"].items() if any(k.endswith(".3") for k in blob["tensors"])]
+    weights = out / "checkpoints" / "blobs" / f"{newest}.safetensors"  # where phase 3's own LoRA is stored
     data = bytearray(weights.read_bytes())
     data[-10] ^= 0xFF
     weights.write_bytes(bytes(data))
-    with pytest.raises(ContinualLMError, match="phase_03/trainable.safetensors.*corrupted"):
+    with pytest.raises(ContinualLMError, match=f"blobs/{newest}.safetensors.*corrupted"):
         run(config, output_dir=out, resume=True)
 
 

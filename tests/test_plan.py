@@ -3,7 +3,6 @@ and equal to what a real run checkpoints), and the documented memory formula."""
 import json
 
 import pytest
-from safetensors.torch import load_file
 
 from continual_lm.cli import main
 from continual_lm.errors import ContinualLMError
@@ -11,7 +10,7 @@ from continual_lm.models.backbone import load_backbone
 from continual_lm.plan import BYTES, activation_bytes, load_config, plan
 from continual_lm.train.loop import run
 
-from helpers import tiny_config
+from helpers import tiny_config, checkpoint_tensors
 
 
 def llama_2_7b_params(h=4096, layers=32, inter=11008, vocab=32000) -> int:
@@ -57,7 +56,7 @@ def test_counts_equal_what_a_real_run_checkpoints(tmp_path):
                     method_options={"amlora": {"attention_samples": 0}}))
     result = plan("tiny-random-llama", "amlora", 2)
     for row in range(2):
-        saved = load_file(tmp_path / "run" / "checkpoints" / f"phase_{row:02d}" / "trainable.safetensors")
+        saved = checkpoint_tensors(tmp_path / "run", row)
         assert sum(t.numel() * t.element_size() for t in saved.values()) == result.checkpoint_bytes_per_phase[row]
     assert result.frozen == sum(p.numel() for p in load_backbone("tiny-random-llama").model.parameters())
 

@@ -17,7 +17,8 @@ from continual_lm.methods.sapt import GEN_MARKER, SAPTLoRA, SAPTPrompt, SharedAt
 from continual_lm.train import loop
 from continual_lm.train.loop import run
 
-from helpers import NoTaskIds, run_crashed_in_first_evaluation_then_resumed, tiny_config, set_up_method
+from helpers import (NoTaskIds, run_crashed_in_first_evaluation_then_resumed, tiny_config, set_up_method,
+                     checkpoint_tensors)
 
 TWO_TASKS = ["sentiment", "reverse"]
 
@@ -369,8 +370,8 @@ def _sapt_config(tmp_path, method, model, arm):
 def test_end_to_end_frozen_blocks_heatmaps_and_resume(tmp_path, monkeypatch, method, model, arm):
     reference = run(_sapt_config(tmp_path / "a", method, model, arm))
     out = tmp_path / "a" / "run"
-    first = load_file(out / "checkpoints" / "phase_00" / "trainable.safetensors")
-    second = load_file(out / "checkpoints" / "phase_01" / "trainable.safetensors")
+    first = checkpoint_tensors(out, 0)
+    second = checkpoint_tensors(out, 1)
     earlier = [n for n in first if n.endswith(".0") and ("lora_" in n or ".keys." in n or ".prompts." in n)]
     assert earlier and all(torch.equal(first[n], second[n]) for n in earlier)  # bit-identical through task 2
     assert not torch.equal(first["sapt_attention.down.weight"], second["sapt_attention.down.weight"])
@@ -392,5 +393,5 @@ def test_end_to_end_frozen_blocks_heatmaps_and_resume(tmp_path, monkeypatch, met
         monkeypatch, lambda where: _sapt_config(where, method, model, arm), tmp_path / "b")
     assert resumed["matrix"] == reference["matrix"] and resumed["metrics"] == reference["metrics"]
     assert json.loads((tmp_path / "b" / "run" / "sapt_attention.json").read_text()) == heat
-    resumed_second = load_file(tmp_path / "b" / "run" / "checkpoints" / "phase_01" / "trainable.safetensors")
+    resumed_second = checkpoint_tensors(tmp_path / "b" / "run", 1)
     assert all(torch.equal(second[n], resumed_second[n]) for n in second)

@@ -82,3 +82,27 @@ def test_peft_export_reproduces_the_run_and_merge_too(inclora_run, tmp_path):
     assert _greedy(merged, loaded.tokenizer, prompts) == expected
     with pytest.raises(ContinualLMError, match="already exists"):
         continual_lm.api.merge_run(loaded, tmp_path / "merged")
+
+
+@pytest.mark.parametrize("method", ["l2p", "progprompt", "epi", "lfpt5", "sapt-prompt"])
+def test_merge_and_export_refuse_methods_whose_learning_is_not_in_the_weights(tmp_path, method):
+    """Soft-prompt methods feed their learned prompts through their own forward: a merged folder would be the
+    untouched base model. Both commands refuse, and export does not send the user to merge."""
+    from continual_lm.api import LoadedRun, export_run, merge_run
+    from continual_lm.train.loop import build_runner
+
+    config = tiny_config(tmp_path, method=method, tasks=["sentiment", "number_sign"])
+    runner = build_runner(config, tmp_path / "run")
+    runner.method.before_task(runner.model, 0, runner.tasks[0])
+    runner._mark_trainable()
+    with torch.no_grad():
+        for value in runner.trainable_state().values():
+            value.add_(0.5)  # as if trained
+    loaded = LoadedRun(tmp_path / "run", runner)
+    with pytest.raises(ContinualLMError, match="cannot be merged"):
+        merge_run(loaded, tmp_path / "merged")
+    assert not (tmp_path / "merged").exists()
+    with pytest.raises(ContinualLMError) as refused:
+        export_run(loaded, tmp_path / "exported")
+    assert "continual-lm merge" not in str(refused.value) and "predict" in str(refused.value)
+    assert not (tmp_path / "exported").exists()

@@ -39,7 +39,8 @@ def measure_general(run_dir: str | Path, tasks: list[str] | None = None, *, task
     manager = task_manager(tasks, task_dir)  # unknown tasks fail here, before any model is loaded
     general: dict[str, Any] = {"tasks": tasks, "metric": METRIC}
     if base:
-        backbone = load_backbone(config.model, dtype=config.dtype, trust_remote_code=config.trust_remote_code,
+        # never the run directory's trust_remote_code: a shared run must not make this command run a model's code
+        backbone = load_backbone(config.model, dtype=config.dtype, trust_remote_code=False,
                                  seed=config.seed)
         general["before"] = evaluate_general(backbone.model, backbone.tokenizer, tasks, limit=limit,
                                              batch_size=batch_size, is_seq2seq=backbone.is_seq2seq, manager=manager)

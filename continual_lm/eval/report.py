@@ -53,6 +53,26 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], align_right_fro
     return "\n".join(lines)
 
 
+def results_problem(results) -> str | None:
+    """What makes ``results`` unusable as a results.json (docs/metrics.md has the contract), or None."""
+    if not isinstance(results, dict):
+        return f"expected a JSON object, got {type(results).__name__}"
+    matrix = results.get("matrix")
+    if not isinstance(matrix, list) or not matrix or not all(isinstance(row, list) for row in matrix):
+        return "'matrix' must be a non-empty list of rows"
+    if any(len(row) != len(matrix) for row in matrix) or not all(
+            v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for row in matrix for v in row):
+        return "'matrix' must be square, of numbers or null"
+    tasks = results.get("tasks")
+    if tasks is not None and (not isinstance(tasks, list) or len(tasks) != len(matrix)
+                              or not all(isinstance(t, str) for t in tasks)):
+        return "'tasks' must list one name per matrix row"
+    for key, kind in (("metrics", dict), ("method", str), ("timing", dict)):
+        if key in results and not isinstance(results[key], kind):
+            return f"'{key}' must be a {'mapping' if kind is dict else 'string'}"
+    return None
+
+
 def _tasks(results: dict) -> list[str]:
     matrix = results.get("matrix") or []
     tasks = results.get("tasks")

@@ -385,5 +385,11 @@ class Composite(Method):
 def build_method(config: RunConfig) -> Method:
     from .registry import method_class, split_method_spec
 
-    parts = [method_class(name).create(config) for name in split_method_spec(config.method)]
+    names = split_method_spec(config.method)
+    unused = [name for name in config.method_options if name not in names]
+    if unused:  # options of a method the run does not include would be silently ignored
+        raise ContinualLMError(f"options of {', '.join(repr(n) for n in unused)} (--{unused[0]}-* or method_options) "
+                               f"were given, but --method {config.method!r} does not include it; drop them, or add "
+                               f"the method (e.g. --method {names[0]}+{unused[0]} for a plugin)")
+    parts = [method_class(name).create(config) for name in names]
     return parts[0] if len(parts) == 1 else Composite(parts)

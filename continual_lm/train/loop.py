@@ -9,10 +9,10 @@ uninterrupted run does. Only the main process writes the run directory.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import platform
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,9 +26,10 @@ from ..data.collate import Collator
 from ..data.tasks import CORPUS, Task
 from ..errors import ContinualLMError
 from ..eval.general import measure_run_general
-from ..io_utils import atomic_write_json, atomic_write_yaml
-from ..methods.base import Method, Phase, RunContext, TrainExample, build_method, protocol, resolved_options
+from ..io_utils import atomic_write_json
+from ..methods.base import Method, Phase, RunContext, TrainExample, build_method, protocol
 from .checkpoint import RunDir
+from .run_record import data_fingerprint
 from .corpus_stream import check_corpus_method, corpus_tasks_in_blocks
 from .engine import check_engine, end_training, engine_name, start_training
 
@@ -162,6 +163,7 @@ class ContinualRunner:
         self.global_step = 0
         method.context = RunContext(config, self.tasks, self.collator, accelerator, self.run_dir.path)
         self.consumed_task_indices: list[set[int]] = []  # which tasks' data each trained phase consumed
+        self.data_fingerprint: dict[str, Any] | None = None  # hashes of the stream as read (train/run_record.py)
 
     # ---- state helpers ---------------------------------------------------------------------------------------
 
@@ -177,6 +179,11 @@ class ContinualRunner:
         if unknown:
             raise ContinualLMError(f"{where} holds parameters this model does not have ({unknown[:3]}...); it was "
                                    f"written by a different model/method configuration")
+        wrong = [f"{n} {tuple(v.shape)} (the model's: {tuple(params[n].shape)})" for n, v in tensors.items()
+                 if v.shape != params[n].shape]
+        if wrong:
+            raise ContinualLMError(f"{where} holds parameters of other shapes: {wrong[:2]}; it was written by a "
+                                   f"different model/method configuration")
         with torch.no_grad():
             for name, value in tensors.items():
                 params[name].copy_(value.to(params[name].device, params[name].dtype))
@@ -369,9 +376,9 @@ class ContinualRunner:
                 self._start_phase(phase, initial)  # finished earlier: structure only, weights from its checkpoint
                 pending_load = phase.row
                 continue
-            if pending_load is not None:
-                self.load_phase(pending_load)
-                pending_load = None
+            if pending_load is not None and not done.get("trained"):
+                self.load_phase(pending_load)  # the state this phase trains from
+            pending_load = None  # a phase trained earlier loads its own checkpoint, which holds everything
             self._start_phase(phase, initial)
             if done.get("trained"):
                 self.load_phase(phase.row)
@@ -382,8 +389,6 @@ class ContinualRunner:
                 if self.is_main:
                     tensors, meta = method.extra_state()
                     self.run_dir.save_checkpoint(phase.row, self.trainable_state(), tensors, meta)
-                    if config.keep_checkpoints == "last":
-                        self.run_dir.prune_checkpoints(phase.row)
                     self.run_dir.write_state(state)
                 self.accelerator.wait_for_everyone()
             start = time.perf_counter()
@@ -396,6 +401,8 @@ class ContinualRunner:
             if self.is_main:
                 atomic_write_json(self.run_dir.path / "predictions" / f"after_phase_{phase.row:02d}.json", predictions)
                 self.run_dir.write_state(state)
+                if config.keep_checkpoints == "last":  # only now: a resume from here needs this phase's only
+                    self.run_dir.prune_checkpoints(phase.row)
             self.accelerator.wait_for_everyone()
         if pending_load is not None:
             self.load_phase(pending_load)
@@ -480,42 +487,16 @@ def _cpu_processes() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available()
 
 
-def prepare_run_dir(config: RunConfig, output_dir: str | Path | None, resume: bool, overwrite: bool) -> Path:
-    """Check the run directory on every process before any process writes to it (a barrier between the two), so
-    that all ranks take the same decision; only the main process removes an overwritten directory."""
-    from accelerate import PartialState
-
-    state = PartialState(cpu=_cpu_processes())
-    path = Path(output_dir or config.output_dir or default_output_dir(config))
-    if (resume or overwrite) and RunDir(path).is_locked_by_another_process():
-        raise ContinualLMError(f"run directory {path} is in use by another process (see {path / '.lock'}); wait "
-                               f"for it to finish or stop it before {'resuming' if resume else 'overwriting'} it")
-    if resume:
-        if not (path / "config.yaml").exists():
-            raise ContinualLMError(f"--resume {path}: no config.yaml there; it is not a run directory")
-        return path
-    occupied = path.exists() and any(path.iterdir())
-    state.wait_for_everyone()
-    if occupied:
-        if not overwrite:
-            raise ContinualLMError(f"output directory {path} already exists and is not empty; pass --resume {path} "
-                                   f"to continue it or --overwrite to replace it")
-        if state.is_main_process:
-            shutil.rmtree(path)
-        state.wait_for_everyone()
-    return path
-
-
-def build_runner(config: RunConfig, path: Path, *, backbone=None, write_config: bool = True,
-                 preset: dict | None = None) -> ContinualRunner:
+def build_runner(config: RunConfig, path: Path, *, backbone=None, for_training: bool = True) -> ContinualRunner:
     """Everything a run needs, built from its configuration: stream, backbone, method (set up), accelerator.
-    ``preset``: the record of a preset applied to a fresh run's configuration (``resolve_preset``), kept in the run
-    directory."""
+    Writes nothing (train/assemble.py decides what happens to the run directory, after this succeeded).
+    ``for_training``: also read and check the run's FWT reference (``--single-task-from``), as a run needs it;
+    loading a finished run for predict/export/merge does not."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     method = build_method(config)  # validates the method spec and its options before any heavy work
-    if write_config:  # a run that trains (not a finished run loaded for predict/export, which may have moved)
+    if for_training:  # a run that trains (not a finished run loaded for predict/export, which may have moved)
         check_task_names_in_prompts(config, method)
     # Several processes on a machine without an accelerator: cpu=True makes accelerate form a gloo process group
     # instead of running independent copies that all write the run directory.
@@ -526,23 +507,14 @@ def build_runner(config: RunConfig, path: Path, *, backbone=None, write_config: 
     check_engine(accelerator, method, config)
     stream = load_stream_for(config)
     check_corpus_method(method, stream.tasks)
+    fingerprint = data_fingerprint(stream, config)  # of the tasks as read (before corpus blocks)
     single_task = None
-    if write_config and config.single_task_from and config.method != "single":  # checked before anything trains
+    if for_training and config.single_task_from and config.method != "single":  # checked before training
         single_task = read_single_task_reference(config.single_task_from, stream.tasks, method)
     config.order = stream.order
     config.output_dir = str(path)
     if config.lr is None:
         config.lr = method.default_lr()
-    config.method_options = resolved_options(method)  # every option's value, defaults included
-    if write_config and accelerator.is_main_process:
-        path.mkdir(parents=True, exist_ok=True)
-        RunDir(path).remove_stale_temporaries()
-        atomic_write_yaml(path / "config.yaml", config.to_dict())
-        if preset is not None:
-            RunDir(path).write_preset(preset)
-    if config.report_to != "none" and write_config:
-        flat = {k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str, bool))}
-        accelerator.init_trackers("tracking", config=flat)
     set_seed(config.seed)
     if backbone is None:
         from ..models.backbone import load_backbone
@@ -554,34 +526,33 @@ def build_runner(config: RunConfig, path: Path, *, backbone=None, write_config: 
     method.tasks = stream.tasks
     runner = ContinualRunner(config, path, stream, backbone, method, accelerator,
                              single_task)  # sets method.context
+    runner.data_fingerprint = fingerprint
     method.setup(backbone.model, backbone)
     if config.gradient_checkpointing:
         backbone.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return runner
 
 
-def run(config: RunConfig, *, output_dir: str | Path | None = None, resume: bool = False, overwrite: bool = False,
-        backbone=None) -> dict[str, Any]:
-    """Run (or resume) a continual-learning stream; returns the results.json content. A fresh run with
-    ``config.preset`` gets the preset's values below the ones given (a resumed run reads its resolved config.yaml)."""
-    preset = None
-    if config.preset and not resume:  # before the run directory is touched: a bad preset changes nothing
-        from ..presets import model_family_of, resolve_preset
+def run(config: RunConfig | None = None, *, output_dir: str | Path | None = None, resume: bool = False,
+        overwrite: bool = False, reuse: bool = False, backbone=None) -> dict[str, Any]:
+    """Run, resume, replace or reuse a continual-learning stream (train/assemble.py); the results.json content."""
+    from .assemble import run as assembled_run
 
-        config, preset = resolve_preset(config, model_family_of(config, backbone))
-    path = prepare_run_dir(config, output_dir, resume, overwrite)
-    if resume:
-        config = RunConfig.from_yaml(path / "config.yaml")
-    return build_runner(config, path, backbone=backbone, preset=preset).run()
+    return assembled_run(config, output_dir=output_dir, resume=resume, overwrite=overwrite, reuse=reuse,
+                         backbone=backbone)
 
 
-def load_final_runner(run_dir: str | Path, *, backbone=None) -> ContinualRunner:
-    """The runner of a run directory with its final trained model restored (nothing is written)."""
+def load_final_runner(run_dir: str | Path, *, backbone=None, trust_remote_code: bool = False) -> ContinualRunner:
+    """The runner of a run directory with its final trained model restored (nothing is written). The model's own
+    code runs only with ``trust_remote_code`` (the current command's choice, never the run directory's)."""
+    from .assemble import recorded_config
+
     path = Path(run_dir)
-    if not (path / "config.yaml").exists():
-        raise ContinualLMError(f"{path}: no config.yaml there; expected a run directory")
-    config = RunConfig.from_yaml(path / "config.yaml")
-    config.progress = False
-    runner = build_runner(config, path, backbone=backbone, write_config=False)
+    config, _ = recorded_config(path)
+    if config.trust_remote_code and not trust_remote_code:
+        raise ContinualLMError(f"{path} was run with --trust-remote-code: its model ({config.model}) runs its own "
+                               f"code. Pass --trust-remote-code to load it, only if you trust that code")
+    config = dataclasses.replace(config, trust_remote_code=trust_remote_code, progress=False)
+    runner = build_runner(config, path, backbone=backbone, for_training=False)
     runner.restore_final()
     return runner
