@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 
 from continual_lm.errors import ContinualLMError
 from continual_lm.methods.base import TrainExample, build_method
