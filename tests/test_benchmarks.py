@@ -80,6 +80,7 @@ def test_list_benchmarks():
         "standard": ["1", "2", "3"],
         "long": ["4", "5", "6", "sapt4", "sapt5"],
         "superni": ["1", "2"],
+        "trace": ["1"],
         "demo": ["1"],
         "custom": [],
     }
@@ -87,13 +88,13 @@ def test_list_benchmarks():
 
 
 def test_every_order_task_reads_from_real_data(shared_data):
-    for name in ("standard", "long", "superni"):
+    for name in ("standard", "long", "superni", "trace"):
         bench = BENCHMARKS[name]
         for task_name in bench.task_names():
             task = read_task(name, shared_data, task_name)
             assert task.name == task_name
             assert task.train and task.test
-            if name != "superni":
+            if name in ("standard", "long"):
                 assert (task.kind, task.metric) == (CLASSIFICATION, ACCURACY)
     assert len(BENCHMARKS["long"].task_names()) == 15 and len(BENCHMARKS["superni"].task_names()) == 15
 

@@ -339,7 +339,7 @@ tasks:
         ("tasks:\n  - {name: a, test: data/test.json}", r"task 'a'.*missing required key 'train'"),
         ("tasks:\n  - {name: a, train: data/train.jsonl, test: data/test.json}", r"task 'a'.*train.jsonl: record 0 has no field 'input'"),
         ("tasks:\n  - {name: a, train: data/train.jsonl, test: data/test.json, input_field: text, output_field: label,"
-         " metric: f1}", r"task 'a'.*unknown metric 'f1'.*accuracy, rougeL"),
+         " metric: f1}", r"task 'a'.*unknown metric 'f1'.*accuracy, edit_sim, rougeL, sari"),
         ("tasks:\n  - {name: a, train: data/train.jsonl, test: data/empty.jsonl, input_field: text, output_field: label}",
          r"task 'a'.*test split .*empty.jsonl.* has no records"),
         ("tasks:\n  - {name: a, train: data/train.jsonl, test: data/test.json, input_field: text, output_field: label,"
