@@ -53,7 +53,9 @@ class Collator:
 
     # ---- encoding --------------------------------------------------------------------------------------------
     def _ids(self, text: str, special: bool) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=special)["input_ids"]
+        # verbose=False: a whole over-long prompt is tokenized before it is cut to max_input_length, which must not
+        # warn that the model would be fed more than its maximum length
+        return self.tokenizer(text, add_special_tokens=special, verbose=False)["input_ids"]
 
     def prompt_ids(self, task: Task, text: str) -> list[int]:
         prompt = task.prompt(text, self.task_name_in_prompt).rstrip(" ")
