@@ -4,8 +4,9 @@
                               [--data-dir ../shared/data] [--mixed-precision bf16] [--dry-run] [--table-only]
 
 Presets: `small` (sized for a 2-core CPU: its 38 runs took 3.05 h with --jobs 2; writes bench/RESULTS.md),
-`base` (2-2.7x the training examples of small; about 10 CPU hours or one GPU hour; bench/RESULTS-base.md) and `medium`
-(standard order 1 with 8x base's steps per task, for a GPU; bench/RESULTS-medium.md).
+`base` (2-2.7x the training examples of small; about 10 CPU hours or one GPU hour; bench/RESULTS-base.md), `medium`
+(standard order 1 with 8x base's steps per task, for a GPU; bench/RESULTS-medium.md) and `trace` (TRACE order 1 at
+the small preset's scale, 8 methods, a few CPU hours with --jobs 2; bench/RESULTS-trace.md).
 
 Runs go to bench/runs/<preset>/<benchmark>/<method>/ (checkpoints: last phase only). Finished runs are skipped,
 interrupted ones resumed, so the script can be stopped and started again at any time. The `single` reference runs
@@ -56,6 +57,17 @@ STANDARD_BASE = dict(order="1", max_train_per_task=256, max_test_per_task=50, ma
 SUPERNI_BASE = dict(order="1", max_train_per_task=48, max_test_per_task=8, max_input_length=160,
                     max_target_length=24, epochs=1, batch_size=8, eval_batch_size=16)
 
+# TRACE: 8 tasks; 48 train / 20 test examples per task (12 steps per task), inputs <= 256 tokens (the input text is
+# cut, the instruction and cue kept), answers <= 48 tokens (each task's budget: 95th percentile of its answers, so
+# 3 for the A/B/C stance tasks, 7 for NumGLUE, 31 for Py150, 48 for the summaries, ScienceQA and 20Minuten).
+# Measured on the 2-core CPU (1 thread, CPU seconds, seqlora): a training step of 4 x 302 tokens (20Minuten) 12.8 s,
+# of 4 x 43 (NumGLUE-ds) 1.8 s; 20 test inputs of MeetingBank 37.8 s, Py150 34.5 s, C-STANCE 21.9 s (3 new tokens
+# after 226-token prompts), NumGLUE-cm 4.3 s. So ~11 min of training and ~13 min of evaluation (36 task
+# evaluations) per continual run, about 3 CPU hours for the 8 rows: 1.5-2 h of wall time with --jobs 2.
+TRACE_SMALL = dict(order="1", max_train_per_task=48, max_test_per_task=20, max_input_length=256,
+                   max_target_length=48, epochs=1, batch_size=4, eval_batch_size=16)
+TRACE_METHODS = ["single", "seqlora", "inclora", "olora", "amlora", "sapt-lora", "seqlora+replay", "mtl"]
+
 PRESETS = {
     "small": {"model": "smollm2-135m", "seed": 42,
               "benchmarks": {"standard": STANDARD_SMALL, "superni": SUPERNI_SMALL}},
@@ -65,9 +77,12 @@ PRESETS = {
     # on standard (1000 examples, 2 epochs = 250 steps per task). Sized for a GPU, not for the 2-core CPU.
     "medium": {"model": "smollm2-135m", "seed": 42,
                "benchmarks": {"standard": {**STANDARD_BASE, "max_train_per_task": 1000, "epochs": 2}}},
+    # TRACE at the small preset's scale, with the methods of its table (a preset's "methods" are its default rows)
+    "trace": {"model": "smollm2-135m", "seed": 42, "benchmarks": {"trace": TRACE_SMALL}, "methods": TRACE_METHODS},
 }
 
-# Published numbers for reference (different backbones and full data: T5-large unless noted). AP (F.Ra).
+# Published numbers for reference (different backbones and full data: T5-large). AP (F.Ra). A benchmark without
+# entries (trace: the TRACE paper reports LLaMA-2 and other 7B+ chat models) gets no paper column.
 PAPER = {
     "standard": {  # order 1, AM-LoRA paper (T5-large)
         "seqlora": "44.6 (SinLoRA)", "inclora": "66.0", "olora": "75.4", "amlora": "78.1", "mtl": "80.0",
@@ -240,17 +255,19 @@ def results_markdown(preset_name: str, tables: dict[str, list[tuple[str, dict]]]
     for benchmark, results in tables.items():
         settings = PRESETS[preset_name]["benchmarks"][benchmark]
         total = sum(r["timing"]["train_s"] + r["timing"]["eval_s"] for _, r in results)
+        papers = PAPER.get(benchmark)
         lines += [f"## {benchmark}" + (f" order {settings['order']}" if settings.get('order') else ""), "",
                   f"Settings: {json.dumps(settings)} · model {PRESETS[preset_name]['model']} · "
                   f"{len(results)} runs, {total / 3600:.2f} h of run time in all", "",
-                  "| method | AP | F.Ra | FWT | BWT | train (min) | eval (min) | device | paper (T5-large) |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
+                  "| method | AP | F.Ra | FWT | BWT | train (min) | eval (min) | device |"
+                  + (" paper (T5-large) |" if papers else ""),
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |" + (" --- |" if papers else "")]
         for name, r in results:
             m, timing = r["metrics"], r["timing"]
-            paper = PAPER.get(benchmark, {}).get(PAPER_NAMES.get(name, name), "")
+            paper = f" {papers.get(PAPER_NAMES.get(name, name), '')} |" if papers else ""
             lines.append(f"| {name} | {fmt(m['AP'])} | {fmt(m['F.Ra'])} | {fmt(m['FWT'])} | {fmt(m['BWT'])} | "
-                         f"{timing['train_s'] / 60:.1f} | {timing['eval_s'] / 60:.1f} | {r.get('device', 'cpu')} | "
-                         f"{paper} |")
+                         f"{timing['train_s'] / 60:.1f} | {timing['eval_s'] / 60:.1f} | {r.get('device', 'cpu')} |"
+                         f"{paper}")
         lines.append("")
     if invocations:
         lines += ["## Invocations", "", "Wall time of each invocation of the script that ran something (from "
@@ -293,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.jobs < 1 or (args.threads is not None and args.threads < 1):
         parser.error("--jobs and --threads must be integers >= 1")
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
-    methods = args.methods or default_methods()
+    methods = args.methods or preset.get("methods") or default_methods()
     if args.dry_run:
         for b in benchmarks:
             print(f"{b}: {', '.join(methods)}")

@@ -13,12 +13,12 @@ from typing import Any
 from .errors import ContinualLMError
 
 RUN_OPTIONS: list[tuple[str, dict[str, Any]]] = [
-    ("benchmark", dict(help="standard | long | superni | demo | custom (see `continual-lm list`)")),
+    ("benchmark", dict(help="standard | long | superni | trace | demo | custom (see `continual-lm list`)")),
     ("order", dict(nargs="+", help="task order of the benchmark, e.g. 1 (standard), 4 (long), sapt4 (alias); "
                                    "default: the first; several orders run a sweep")),
     ("tasks", dict(nargs="+", help="explicit task sequence (names of the benchmark's tasks), overriding --order")),
     ("stream_file", dict(help="YAML describing a custom stream (with --benchmark custom)")),
-    ("data_dir", dict(help="folder holding CL_Benchmark/ and/or SuperNI/ (default: env CONTINUAL_LM_DATA)")),
+    ("data_dir", dict(help="folder holding CL_Benchmark/, SuperNI/ and/or TRACE/ (default: env CONTINUAL_LM_DATA)")),
     ("method", dict(help="method, optionally with plugins: seqlora, inclora, inclora+migu, ... (`continual-lm list`)")),
     ("model", dict(help="smollm2-135m (default), tiny-random-llama, tiny-random-t5, tiny-random-bert, a local HF "
                         "folder, a .gguf file, or a hub id")),

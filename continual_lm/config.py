@@ -41,7 +41,7 @@ class RunConfig:
     order: str | None = None  # None = the benchmark's first order
     tasks: list[str] | None = None  # explicit task sequence overriding the order
     stream_file: str | None = None  # the YAML of a `custom` stream
-    data_dir: str | None = None  # folder holding CL_Benchmark/ and/or SuperNI/ (else env CONTINUAL_LM_DATA)
+    data_dir: str | None = None  # folder holding CL_Benchmark/, SuperNI/, TRACE/ (else env CONTINUAL_LM_DATA)
     method: str = "seqlora"  # a registered method, optionally composed with plugins: "inclora+migu"
     model: str = "smollm2-135m"
     output_dir: str | None = None

@@ -80,6 +80,7 @@ def test_list_benchmarks():
         "standard": ["1", "2", "3"],
         "long": ["4", "5", "6", "sapt4", "sapt5"],
         "superni": ["1", "2"],
+        "trace": ["1"],
         "demo": ["1"],
         "custom": [],
     }
@@ -87,13 +88,13 @@ def test_list_benchmarks():
 
 
 def test_every_order_task_reads_from_real_data(shared_data):
-    for name in ("standard", "long", "superni"):
+    for name in ("standard", "long", "superni", "trace"):
         bench = BENCHMARKS[name]
         for task_name in bench.task_names():
             task = read_task(name, shared_data, task_name)
             assert task.name == task_name
             assert task.train and task.test
-            if name != "superni":
+            if name in ("standard", "long"):
                 assert (task.kind, task.metric) == (CLASSIFICATION, ACCURACY)
     assert len(BENCHMARKS["long"].task_names()) == 15 and len(BENCHMARKS["superni"].task_names()) == 15
 
@@ -262,3 +263,16 @@ def test_load_stream_custom(tmp_path):
         load_stream("demo", stream_file=stream_file)
     with pytest.raises(ContinualLMError, match=r"unknown task of stream file .*'t3'"):
         load_stream("custom", stream_file=stream_file, task_names=["t3"])
+
+
+def test_trace_stream_order_and_subsampling(shared_data):
+    assert resolve_order("trace", 1) == ["C-STANCE", "FOMC", "MeetingBank", "Py150", "ScienceQA", "NumGLUE-cm",
+                                         "NumGLUE-ds", "20Minuten"]
+    stream = load_stream("trace", 1, data_dir=shared_data, max_train=12, max_test=5, max_train_per_class=3, seed=1)
+    assert [t.name for t in stream] == resolve_order("trace")
+    assert [(len(t.train), len(t.test)) for t in stream] == [(9, 5), (9, 5)] + [(12, 5)] * 6  # 3 per class: A/B/C
+    assert Counter(e.target for e in stream[0].train) == {"A": 3, "B": 3, "C": 3}
+    again = load_stream("trace", data_dir=shared_data, max_train=12, max_test=5, max_train_per_class=3, seed=1)
+    assert [t.test for t in again] == [t.test for t in stream]
+    two = load_stream("trace", task_names=["py150", "20minuten"], data_dir=shared_data, max_train=4, max_test=2)
+    assert [t.name for t in two] == ["Py150", "20Minuten"]

@@ -9,14 +9,18 @@ from continual_lm.data.formats import (
     read_custom_stream,
     read_records,
     read_superni_task,
+    read_trace_task,
 )
 from continual_lm.data.tasks import (
     ACCURACY,
     CLASSIFICATION,
     DEFAULT_TEMPLATE,
+    EDIT_SIM,
     GENERATION,
     ROUGE_L,
+    SARI,
     SUPERNI_TEMPLATE,
+    AnswerRule,
 )
 from continual_lm.errors import ContinualLMError
 
@@ -339,7 +343,7 @@ tasks:
         ("tasks:\n  - {name: a, test: data/test.json}", r"task 'a'.*missing required key 'train'"),
         ("tasks:\n  - {name: a, train: data/train.jsonl, test: data/test.json}", r"task 'a'.*train.jsonl: record 0 has no field 'input'"),
         ("tasks:\n  - {name: a, train: data/train.jsonl, test: data/test.json, input_field: text, output_field: label,"
-         " metric: f1}", r"task 'a'.*unknown metric 'f1'.*accuracy, rougeL"),
+         " metric: f1}", r"task 'a'.*unknown metric 'f1'.*accuracy, edit_sim, rougeL, sari"),
         ("tasks:\n  - {name: a, train: data/train.jsonl, test: data/empty.jsonl, input_field: text, output_field: label}",
          r"task 'a'.*test split .*empty.jsonl.* has no records"),
         ("tasks:\n  - {name: a, train: data/train.jsonl, test: data/test.json, input_field: text, output_field: label,"
@@ -375,3 +379,71 @@ def test_custom_stream_missing_file(tmp_path):
     with pytest.raises(ContinualLMError, match="stream file not found") as e:
         read_custom_stream(tmp_path / "nope.yaml")
     assert "nope.yaml" in str(e.value)
+
+
+def test_custom_stream_answer_rules(custom_files):
+    path = _stream(custom_files, r"""
+tasks:
+  - {name: default, file: data/gen.jsonl}
+  - {name: multi, file: data/gen.jsonl, stop: eos, extract: letter, max_new_tokens: auto, truncate: start,
+     metric: edit_sim}
+  - {name: strings, file: data/gen.jsonl, stop: ["###", "\n\n"], extract: number, max_new_tokens: 40, metric: sari}
+""")
+    default, multi, strings = read_custom_stream(path)
+    assert (default.answer, default.truncate) == (AnswerRule(), "end")  # the rule of every benchmark before TRACE
+    assert default.answer.stop == ("\n",)
+    assert (multi.answer, multi.truncate, multi.metric) == (AnswerRule((), "letter", "auto"), "start", "edit_sim")
+    assert (strings.answer, strings.metric) == (AnswerRule(("###", "\n\n"), "number", 40), "sari")
+
+
+@pytest.mark.parametrize("entry, expected", [
+    ("stop: 3", r"'stop' must be 'line'.*'eos'.*got 3"),
+    ("stop: []", r"'stop' must be"),
+    ("extract: first_word", r"task 'a'.*unknown extract 'first_word'.*code_literals, letter, number, whole"),
+    ("max_new_tokens: 0", r"'max_new_tokens' must be a positive integer or 'auto'"),
+    ("max_new_tokens: lots", r"'max_new_tokens' must be"),
+    ("truncate: middle", r"'truncate' must be 'end'.*or 'start'.*got 'middle'"),
+])
+def test_custom_stream_answer_rule_errors(custom_files, entry, expected):
+    path = _stream(custom_files, f"tasks:\n  - {{name: a, file: data/gen.jsonl, {entry}}}\n")
+    with pytest.raises(ContinualLMError, match=expected):
+        read_custom_stream(path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# TRACE
+
+
+def test_trace_tasks_rebuild_the_released_prompts_and_carry_the_paper_metrics(shared_data):
+    expected = {"C-STANCE": (ACCURACY, "whole", "end"), "FOMC": (ACCURACY, "whole", "end"),
+                "MeetingBank": (ROUGE_L, "whole", "end"), "Py150": (EDIT_SIM, "code_literals", "start"),
+                "ScienceQA": (ACCURACY, "letter", "end"), "NumGLUE-cm": (ACCURACY, "whole", "end"),
+                "NumGLUE-ds": (ACCURACY, "whole", "end"), "20Minuten": (SARI, "whole", "end")}
+    sizes = {"MeetingBank": (100, 100), "NumGLUE-cm": (500, 81)}
+    for name, (metric, extract, truncate) in expected.items():
+        task = read_trace_task(shared_data, name.lower())  # names match case-insensitively
+        raw = json.loads((shared_data / "TRACE" / name / "test.json").read_text())
+        assert task.name == name and (len(task.train), len(task.test)) == sizes.get(name, (500, 100))
+        assert [task.prompt(e.input) for e in task.test] == [r["prompt"] for r in raw]  # exactly the released prompt
+        assert [e.target for e in task.test] == [r["answer"].strip() for r in raw]
+        assert (task.metric, task.answer.extract, task.truncate) == (metric, extract, truncate)
+        assert task.answer.stop == () and task.answer.max_new_tokens == "auto"  # answers run to EOS
+    stance = read_trace_task(shared_data, "C-STANCE")
+    assert stance.kind == CLASSIFICATION and stance.labels == ["A", "B", "C"]
+    assert stance.instruction.startswith("判断以下文本对指定对象的态度") and stance.template.endswith("\n态度：")
+    science = read_trace_task(shared_data, "ScienceQA")
+    assert science.kind == GENERATION and science.test[0].target[:2] == "B\n"  # letter, then the reasoning lines
+    assert science.instruction.endswith("Question:\n") and science.template == "{instruction}{input}\n\nAnswer:"
+    py150 = read_trace_task(shared_data, "Py150")
+    assert py150.instruction == "" and py150.template == "{instruction}{input}"  # no common frame: all input
+
+
+def test_trace_errors_name_the_folder_and_record(tmp_path):
+    with pytest.raises(ContinualLMError, match=r"TRACE data not found.*TRACE/<task>"):
+        read_trace_task(tmp_path, "FOMC")
+    write(tmp_path / "TRACE/FOMC/train.json", json.dumps([{"prompt": "p\nq", "answer": 3}]))
+    write(tmp_path / "TRACE/FOMC/test.json", json.dumps([{"prompt": "p\nq", "answer": "A"}]))
+    with pytest.raises(ContinualLMError, match=r"train.json: record 0 field 'answer' \(a int\)"):
+        read_trace_task(tmp_path, "FOMC")
+    with pytest.raises(ContinualLMError, match=r"unknown TRACE task 'fomcc'.*FOMC"):
+        read_trace_task(tmp_path, "fomcc")

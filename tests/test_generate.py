@@ -2,7 +2,7 @@
 import torch
 
 from continual_lm.data.collate import Collator
-from continual_lm.data.tasks import CLASSIFICATION, Example, Task
+from continual_lm.data.tasks import CLASSIFICATION, AnswerRule, Example, Task
 from continual_lm.eval.generate import predict_requests, predict_texts
 from continual_lm.models.backbone import build_byte_tokenizer, load_backbone
 from continual_lm.train.loop import build_runner
@@ -76,3 +76,61 @@ def test_shared_batches_predict_what_one_task_at_a_time_predicts(tmp_path):
                                     progress=False)]
     assert together == alone
     assert len(set(together)) > len(tasks)  # real, varied generations, not one constant string
+
+
+def test_each_row_is_cut_by_its_own_tasks_stop_rule_in_shared_batches():
+    """A first-line task and an until-EOS task share one batch; each prediction is cut by its own task's rule."""
+    collator = Collator(build_byte_tokenizer(with_bos=False), True, 64, 12, False)
+    line, whole, marker = _task("line"), _task("whole"), _task("marker")
+    whole.answer = AnswerRule(stop=())
+    marker.answer = AnswerRule(stop=("<EOL>",))
+    texts = ["B\nbecause it rains", "x = 1 <EOL> y = 2"]
+    requests = [(t, j, text) for j, t in enumerate((line, whole, marker)) for text in texts]
+    method = Recorder()
+    preds = predict_requests(torch.nn.Linear(1, 1), method, collator, requests, batch_size=8, progress=False)
+    assert [c["rows"] for c in method.calls] == [6]  # one shared batch
+    assert preds == ["B", "x = 1 <EOL> y = 2",  # first line
+                     "B\nbecause it rains", "x = 1 <EOL> y = 2",  # up to EOS: whole
+                     "B\nbecause it rains", "x = 1"]  # up to the stop string
+
+
+def _byte_collator(max_input_length=64, max_target_length=12):
+    return Collator(build_byte_tokenizer(with_bos=False), False, max_input_length, max_target_length, False)
+
+
+def test_new_token_budget_from_the_data_capped():
+    collator = _byte_collator(max_target_length=30)
+    task = _task("g")
+    # 20 training answers of 1..20 bytes: target ids = " " + answer + eos = length + 2; 95th percentile (nearest
+    # rank: the 19th of 20) = 19 + 2 = 21
+    task.train = [Example("q", "a" * n) for n in range(1, 21)]
+    task.answer = AnswerRule(max_new_tokens="auto")
+    assert collator.max_new_tokens(task) == 21
+    assert _byte_collator(max_target_length=16).max_new_tokens(task) == 16  # capped by --max-target-length
+    task.answer = AnswerRule(max_new_tokens=7)
+    assert collator.max_new_tokens(task) == 7
+    task.answer = AnswerRule()
+    assert collator.max_new_tokens(task) == 30  # no rule: --max-target-length, as before
+    task.answer, task.train = AnswerRule(max_new_tokens="auto"), []
+    assert collator.max_new_tokens(task) == 30  # no training answers (an unseen task): the cap
+    assert collator.answer_settings(task) == {"stop": ["\n"], "extract": "whole", "max_new_tokens": 30,
+                                              "truncate": "end"}
+
+
+def test_truncation_cuts_the_side_the_task_needs_and_keeps_instruction_cue_and_answer():
+    collator = _byte_collator(max_input_length=40, max_target_length=64)
+    text = "".join(f"{i:02d}," for i in range(30))  # 90 bytes
+    keep_start = Task(name="s", kind="generation", metric="rougeL", instruction="Do:", train=[], test=[],
+                      template="{instruction}{input}\nOut:")
+    keep_end = Task(name="e", kind="generation", metric="rougeL", instruction="Do:", train=[], test=[],
+                    template="{instruction}{input}\nOut:", truncate="start")
+    decode = collator.tokenizer.decode
+    start = decode(collator.prompt_ids(keep_start, text))
+    end = decode(collator.prompt_ids(keep_end, text))
+    assert start.startswith("Do:\n00,01,") and start.endswith("\nOut:") and "29," not in start
+    assert end.startswith("Do:\n") and end.endswith("28,29,\nOut:") and "00,01," not in end
+    assert len(collator.prompt_ids(keep_end, text)) <= 40
+    answer = "a long answer " * 3
+    encoded = collator.encode_train(keep_end, Example(text, answer), 0)
+    kept = [t for t in encoded.labels if t != -100]
+    assert decode(kept[:-1]) == " " + answer.strip()  # the whole answer is trained on, prompt cut instead

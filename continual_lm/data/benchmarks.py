@@ -6,6 +6,8 @@ Task orders are facts from the papers' scripts (see docs/benchmarks.md):
 * ``long`` — Long Sequence benchmark, orders 4-6 in MIGU's numbering (the canonical one), plus ``sapt4`` / ``sapt5``,
   SAPT's "Order 4" / "Order 5", which are MIGU's order 6 / order 4.
 * ``superni`` — SAPT's SuperNI benchmark, orders 1-2.
+* ``trace`` — the TRACE benchmark (Wang et al. 2023), order 1: the order of its paper and scripts, the only one it
+  and the papers that report it use.
 * ``demo`` — the embedded demo stream (no data needed).
 * ``custom`` — a user's YAML stream; the file defines the order.
 """
@@ -23,6 +25,7 @@ from continual_lm.data.formats import (
     read_clbenchmark_task,
     read_custom_stream,
     read_superni_task,
+    read_trace_task,
     stable_seed,
 )
 from continual_lm.data.tasks import CLASSIFICATION, Task
@@ -63,6 +66,11 @@ SUPERNI_ORDERS: dict[str, tuple[str, ...]] = {
           "task1290_xsum_summarization", "task875_emotion_classification"),
 }
 
+# TRACE's scripts (scripts/train_*.sh --dataset_name ...): its only order.
+TRACE_ORDERS: dict[str, tuple[str, ...]] = {
+    "1": ("C-STANCE", "FOMC", "MeetingBank", "Py150", "ScienceQA", "NumGLUE-cm", "NumGLUE-ds", "20Minuten"),
+}
+
 DEMO_ORDERS: dict[str, tuple[str, ...]] = {"1": DEMO_TASK_NAMES}
 
 
@@ -97,6 +105,10 @@ def _superni_reader(data_dir: Path | None, name: str, seed: int) -> Task:
     return read_superni_task(resolve_data_dir(data_dir), name)
 
 
+def _trace_reader(data_dir: Path | None, name: str, seed: int) -> Task:
+    return read_trace_task(resolve_data_dir(data_dir), name)
+
+
 def _demo_reader(data_dir: Path | None, name: str, seed: int) -> Task:
     return demo_task(name, seed=seed)
 
@@ -113,6 +125,10 @@ BENCHMARKS: dict[str, Benchmark] = {
     "superni": Benchmark(
         "superni", "SuperNI benchmark (15 Super-NaturalInstructions tasks, SAPT)",
         SUPERNI_ORDERS, _superni_reader, needs_data_dir=True,
+    ),
+    "trace": Benchmark(
+        "trace", "TRACE benchmark (8 tasks: stance in Chinese and finance, summarization, code, science QA, math, "
+        "German simplification)", TRACE_ORDERS, _trace_reader, needs_data_dir=True,
     ),
     "demo": Benchmark(
         "demo", "Embedded demo stream (5 generated tasks; no data needed)",
@@ -186,7 +202,7 @@ def resolve_data_dir(data_dir: str | Path | None) -> Path:
     else:
         raise ContinualLMError(
             f"this benchmark needs its data: pass --data-dir or set {DATA_ENV} to the folder that contains "
-            "CL_Benchmark/ and/or SuperNI/ (see docs/benchmarks.md)"
+            "CL_Benchmark/, SuperNI/ and/or TRACE/ (see docs/benchmarks.md)"
         )
     if not path.is_dir():
         raise ContinualLMError(f"data directory {path} (from {origin}) does not exist or is not a directory")
@@ -331,6 +347,7 @@ def load_stream(
 
 __all__ = [
     "BENCHMARKS", "Benchmark", "DATA_ENV", "DEMO_ORDERS", "LONG_ORDERS", "LONG_ORDER_ALIASES", "STANDARD_ORDERS",
-    "SUPERNI_ORDERS", "canonical_order", "demo_tasks", "get_benchmark", "list_benchmarks", "load_stream", "read_task",
+    "SUPERNI_ORDERS", "TRACE_ORDERS", "canonical_order", "demo_tasks", "get_benchmark", "list_benchmarks",
+    "load_stream", "read_task",
     "resolve_data_dir", "resolve_order", "subsample",
 ]

@@ -4,7 +4,12 @@ Causal LM:  input = prompt + " " + target + eos, loss only on the target tokens 
             right-padded for training, left-padded for generation.
 Seq2seq:    encoder input = prompt, labels = target + eos.
 Over-long prompts are shortened inside the example's *input* text, so the instruction, the options and the
-final "Answer:"/"Output:" cue survive truncation.
+final "Answer:"/"Output:" cue survive truncation; ``Task.truncate`` says which end of the input is cut (its end by
+default; its start for code completion, whose next line follows the end of the context). The answer is never cut
+to make room for the prompt: it has its own budget, ``max_target_length`` tokens.
+New tokens at evaluation (``max_new_tokens``): the longest label + 1 for classification; otherwise the task's
+``AnswerRule.max_new_tokens``: a number, or ``auto`` = the 95th percentile of the token lengths of its training
+answers (with their EOS); ``max_target_length`` when it gives none; never more than ``max_target_length``.
 Corpus blocks (continual pre-training, task.kind == "corpus"): the block's tokens (with the tokenizer's special
 tokens, at most max_input_length); decoders learn every token (causal LM, padding -100), encoder-only models
 learn the tokens ``mask_tokens`` picks per batch (masked LM, ``mlm_probability``, drawn from ``mlm_generator``,
@@ -12,14 +17,16 @@ which the loop re-seeds every phase).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from .corpus import mask_tokens
-from .tasks import CORPUS, Example, Task
+from .tasks import AUTO, CORPUS, CUT_START, Example, Task
 
 IGNORE_INDEX = -100
+ANSWER_LENGTH_PERCENTILE = 95  # AnswerRule.max_new_tokens == "auto": this percentile of the training answers' lengths
 
 
 @dataclass
@@ -42,10 +49,13 @@ class Collator:
         self.task_name_in_prompt = task_name_in_prompt
         self.pad_id = tokenizer.pad_token_id
         self.eos_id = tokenizer.eos_token_id
+        self._answer_lengths: dict[tuple, int] = {}  # "auto" new-token budgets, per task
 
     # ---- encoding --------------------------------------------------------------------------------------------
     def _ids(self, text: str, special: bool) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=special)["input_ids"]
+        # verbose=False: a whole over-long prompt is tokenized before it is cut to max_input_length, which must not
+        # warn that the model would be fed more than its maximum length
+        return self.tokenizer(text, add_special_tokens=special, verbose=False)["input_ids"]
 
     def prompt_ids(self, task: Task, text: str) -> list[int]:
         prompt = task.prompt(text, self.task_name_in_prompt).rstrip(" ")
@@ -54,7 +64,8 @@ class Collator:
         if over > 0:
             text_ids = self._ids(text, special=False)
             keep = max(0, len(text_ids) - over - 2)
-            shortened = self.tokenizer.decode(text_ids[:keep], skip_special_tokens=True)
+            kept = (text_ids[len(text_ids) - keep:] if keep else []) if task.truncate == CUT_START else text_ids[:keep]
+            shortened = self.tokenizer.decode(kept, skip_special_tokens=True)
             ids = self._ids(task.prompt(shortened, self.task_name_in_prompt).rstrip(" "), special=True)
             if len(ids) > self.max_input_length:  # the template alone is too long: keep its end (the cue)
                 ids = ids[-self.max_input_length:]
@@ -109,7 +120,27 @@ class Collator:
         return {"input_ids": self._pad(inputs, self.pad_id, left=left), "attention_mask": self._mask(inputs, left=left)}
 
     def max_new_tokens(self, task: Task) -> int:
-        """Classification: the longest label (+eos); generation: --max-target-length."""
+        """Classification: the longest label (+eos) + 1; otherwise the task's ``AnswerRule.max_new_tokens`` (a
+        number, or ``auto``: the 95th percentile of its training answers' token lengths); --max-target-length when
+        it gives none, and at most --max-target-length."""
         if task.labels:
             return min(self.max_target_length, max(len(self.target_ids(label)) for label in task.labels) + 1)
-        return self.max_target_length
+        budget = task.answer.max_new_tokens
+        if budget == AUTO:
+            budget = self._answer_length(task)
+        return self.max_target_length if budget is None else min(self.max_target_length, budget)
+
+    def _answer_length(self, task: Task) -> int | None:
+        """The ANSWER_LENGTH_PERCENTILE-th percentile (nearest rank) of the token lengths of ``task``'s training
+        answers with their EOS (each at most max_target_length); None without training examples."""
+        key = (task.name, task.source, len(task.train))
+        if key not in self._answer_lengths:
+            lengths = sorted(len(self.target_ids(e.target)) for e in task.train)
+            rank = math.ceil(ANSWER_LENGTH_PERCENTILE / 100 * len(lengths)) - 1
+            self._answer_lengths[key] = lengths[max(rank, 0)] if lengths else None
+        return self._answer_lengths[key]
+
+    def answer_settings(self, task: Task) -> dict:
+        """How ``task``'s answers are generated and compared in this run (recorded in results.json)."""
+        return {"stop": list(task.answer.stop), "extract": task.answer.extract,
+                "max_new_tokens": self.max_new_tokens(task), "truncate": task.truncate}

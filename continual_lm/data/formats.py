@@ -1,6 +1,6 @@
-"""Readers for task data on disk: JSON/JSONL records, the O-LoRA ``CL_Benchmark`` layout, SuperNI task files and
-user-defined streams (YAML). Every problem with a user's files is reported as a :class:`ContinualLMError` that
-names the file, the record/field and what was expected."""
+"""Readers for task data on disk: JSON/JSONL records, the O-LoRA ``CL_Benchmark`` layout, SuperNI task files, the
+TRACE benchmark's ``{prompt, answer}`` files and user-defined streams (YAML). Every problem with a user's files is
+reported as a :class:`ContinualLMError` that names the file, the record/field and what was expected."""
 from __future__ import annotations
 
 import hashlib
@@ -8,17 +8,29 @@ import json
 import random
 import re
 import string
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from continual_lm.data.tasks import (
     ACCURACY,
+    AUTO,
     CLASSIFICATION,
+    CODE_LITERALS,
     CORPUS,
+    CUT_END,
+    CUT_START,
     DEFAULT_TEMPLATE,
+    EDIT_SIM,
+    EXTRACTS,
     GENERATION,
+    LETTER,
     ROUGE_L,
+    SARI,
     SUPERNI_TEMPLATE,
+    TRUNCATE_SIDES,
+    WHOLE,
+    AnswerRule,
     Example,
     Task,
 )
@@ -349,18 +361,128 @@ def read_superni_task(data_dir: str | Path, name: str) -> Task:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# TRACE (8 tasks, LLM-CL-Benchmark release: <task>/{train,eval,test}.json of {"prompt", "answer"})
+
+
+@dataclass(frozen=True)
+class TraceTask:
+    metric: str
+    extract: str = WHOLE
+    truncate: str = CUT_END
+    classification: bool = False  # a closed label set (the distinct training answers)
+
+
+# The TRACE paper's metric per task, how its evaluation (evaluations/eval_*.py) reads an answer, and which end of an
+# over-long input is cut. Every TRACE answer runs to EOS (ScienceQA's letter is followed by its reasoning lines,
+# summaries and simplifications span lines), and each task's new-token budget comes from its answers' lengths.
+TRACE_TASKS: dict[str, TraceTask] = {
+    "C-STANCE": TraceTask(ACCURACY, classification=True),  # Chinese stance: A/B/C
+    "FOMC": TraceTask(ACCURACY, classification=True),  # monetary-policy stance: A/B/C
+    "MeetingBank": TraceTask(ROUGE_L),  # meeting summarization (the transcript's start is kept)
+    "Py150": TraceTask(EDIT_SIM, extract=CODE_LITERALS, truncate=CUT_START),  # the next line of code
+    "ScienceQA": TraceTask(ACCURACY, extract=LETTER),  # answer letter, then the reasoning
+    "NumGLUE-cm": TraceTask(ACCURACY),  # math: the answer (a number or a word), exact match
+    "NumGLUE-ds": TraceTask(ACCURACY),
+    "20Minuten": TraceTask(SARI),  # German text simplification
+}
+
+
+def trace_task_dirs(data_dir: Path) -> dict[str, Path]:
+    root = Path(data_dir) / "TRACE"
+    if not root.is_dir():
+        raise ContinualLMError(
+            f"TRACE data not found: {root} is not a directory; expected <data-dir>/TRACE/<task>/{{train,test}}.json "
+            "(pass --data-dir or set CONTINUAL_LM_DATA to the folder that contains TRACE/)"
+        )
+    return {p.name: p for p in sorted(root.iterdir()) if p.is_dir()}
+
+
+def _trace_split(path: Path) -> list[tuple[str, str]]:
+    records = read_records(path)
+    if not records:
+        raise ContinualLMError(f"{path}: the split is empty; expected a JSON list of "
+                               f"{{\"prompt\", \"answer\"}} records")
+    pairs = []
+    for i, rec in enumerate(records):
+        for key in ("prompt", "answer"):
+            if not isinstance(rec.get(key), str):
+                found = "no such field" if key not in rec else f"a {_type_name(rec[key])}"
+                raise ContinualLMError(f"{path}: record {i} field {key!r} ({found}); expected "
+                                       f"{{\"prompt\": str, \"answer\": str}}")
+        pairs.append((rec["prompt"], rec["answer"].strip()))
+    return pairs
+
+
+def _common_frame(prompts: list[str]) -> tuple[str, str]:
+    """The instruction every prompt starts with (up to and including a line break) and the answer cue every prompt
+    ends with (from a line break on): the parts that truncation must keep."""
+    first, last = min(prompts), max(prompts)  # the common prefix of all strings is that of the extreme two
+    n = 0
+    while n < min(len(first), len(last)) and first[n] == last[n]:
+        n += 1
+    prefix = first[:first.rfind("\n", 0, n) + 1]
+    reversed_prompts = [p[::-1] for p in prompts]
+    first, last = min(reversed_prompts), max(reversed_prompts)
+    n = 0
+    while n < min(len(first), len(last)) and first[n] == last[n]:
+        n += 1
+    cut = first.rfind("\n", 0, n)
+    suffix = first[:cut + 1][::-1] if cut >= 0 else ""
+    if len(prefix) + len(suffix) > min(len(p) for p in prompts):  # they would overlap in the shortest prompt
+        suffix = ""
+    return prefix, suffix
+
+
+def read_trace_task(data_dir: str | Path, name: str) -> Task:
+    """Read ``data_dir/TRACE/<name>/{train,test}.json`` (name matched case-insensitively; ``eval.json`` is not
+    used). The prompts already hold the task's instruction: it and the final cue ("Answer:", "Summary:", ...) become
+    the task's instruction and template, the rest is the example's input, so that ``Task.prompt`` gives the
+    released prompt back exactly and truncation cuts only the input."""
+    data_dir = Path(data_dir)
+    dirs = trace_task_dirs(data_dir)
+    by_lower = {k.lower(): k for k in dirs}
+    key = by_lower.get(str(name).lower())
+    if key is None or key not in TRACE_TASKS:
+        err = unknown_choice("TRACE task", name, [k for k in TRACE_TASKS if k in dirs] or TRACE_TASKS)
+        raise ContinualLMError(f"{err} (looked for a task folder under {data_dir / 'TRACE'}/)")
+    spec, task_dir = TRACE_TASKS[key], dirs[key]
+    train, test = _trace_split(task_dir / "train.json"), _trace_split(task_dir / "test.json")
+    prefix, suffix = _common_frame([p for p, _ in train + test])
+
+    def examples(pairs):
+        return [Example(input=p[len(prefix):len(p) - len(suffix)], target=a) for p, a in pairs]
+
+    train_examples = examples(train)
+    return Task(
+        name=key,
+        kind=CLASSIFICATION if spec.classification else GENERATION,
+        metric=spec.metric,
+        instruction=prefix,
+        train=train_examples,
+        test=examples(test),
+        labels=sorted({e.target for e in train_examples}) if spec.classification else None,
+        template="{instruction}{input}" + suffix.replace("{", "{{").replace("}", "}}"),
+        source=str(task_dir),
+        extra={"family": "TRACE"},
+        answer=AnswerRule(stop=(), extract=spec.extract, max_new_tokens=AUTO),
+        truncate=spec.truncate,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # User-defined streams (YAML)
 
 _STREAM_KEYS = {"tasks"}
 _TASK_KEYS = {
     "name", "train", "test", "file", "test_fraction", "input_field", "output_field", "metric", "instruction",
-    "labels", "template",
+    "labels", "template", "stop", "extract", "max_new_tokens", "truncate",
 }
 _CORPUS_TASK_KEYS = {"name", "corpus", "text_field", "end_task"}
 _END_TASK_KEYS = {"train", "test", "input_field", "output_field", "labels", "epochs", "lr", "batch_size", "train_body"}
 _TEMPLATE_FIELDS = {"instruction", "options", "input"}
 _TASK_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-_METRICS = {"accuracy": ACCURACY, "rougel": ROUGE_L}
+_METRICS = {"accuracy": ACCURACY, "rougel": ROUGE_L, "editsim": EDIT_SIM, "sari": SARI}
+_STOP_WORDS = {"line": ("\n",), "eos": ()}
 
 
 def _check_template(where: str, template: Any) -> str:
@@ -379,6 +501,36 @@ def _check_template(where: str, template: Any) -> str:
     if "input" not in fields:
         raise ContinualLMError(f"{where}: 'template' must contain the {{input}} placeholder")
     return template
+
+
+def _answer_rule(where: str, spec: dict) -> tuple[AnswerRule, str]:
+    """The answer rule and truncation side of a custom task from its optional keys ``stop``, ``extract``,
+    ``max_new_tokens`` and ``truncate`` (docs/benchmarks.md, "Answers")."""
+    stop = spec.get("stop", "line")
+    if isinstance(stop, str) and stop in _STOP_WORDS:
+        stop = _STOP_WORDS[stop]
+    elif isinstance(stop, str) and stop:
+        stop = (stop,)
+    elif isinstance(stop, list) and stop and all(isinstance(x, str) and x for x in stop):
+        stop = tuple(stop)
+    else:
+        raise ContinualLMError(f"{where}: 'stop' must be 'line' (the first line, the default), 'eos' (the whole "
+                               f"generation) or a non-empty string or list of strings that end the answer, "
+                               f"got {stop!r}")
+    extract = spec.get("extract", WHOLE)
+    if extract not in EXTRACTS:
+        err = unknown_choice("extract", extract, EXTRACTS)
+        raise ContinualLMError(f"{where}: {err}")
+    budget = spec.get("max_new_tokens")
+    if budget is not None and budget != AUTO and (isinstance(budget, bool) or not isinstance(budget, int)
+                                                  or budget < 1):
+        raise ContinualLMError(f"{where}: 'max_new_tokens' must be a positive integer or 'auto' (from the lengths of "
+                               f"the task's training answers), got {budget!r}")
+    truncate = spec.get("truncate", CUT_END)
+    if truncate not in TRUNCATE_SIDES:
+        raise ContinualLMError(f"{where}: 'truncate' must be 'end' (cut an over-long input's end, the default) or "
+                               f"'start' (cut its start, keep its end), got {truncate!r}")
+    return AnswerRule(stop=stop, extract=extract, max_new_tokens=budget), truncate
 
 
 def _value_text(value: Any) -> str | None:
@@ -512,7 +664,7 @@ def _read_custom_task(yaml_path: Path, index: int, spec: Any) -> Task:
     else:
         norm = re.sub(r"[\s_\-]", "", str(metric_value)).lower()
         if norm not in _METRICS:
-            err = unknown_choice("metric", metric_value, ["accuracy", "rougeL"])
+            err = unknown_choice("metric", metric_value, ["accuracy", "rougeL", "edit_sim", "sari"])
             raise ContinualLMError(f"{where}: {err}")
         metric = _METRICS[norm]
 
@@ -520,6 +672,7 @@ def _read_custom_task(yaml_path: Path, index: int, spec: Any) -> Task:
     if not isinstance(instruction, str):
         raise ContinualLMError(f"{where}: 'instruction' must be a string")
     template = _check_template(where, spec["template"]) if "template" in spec else DEFAULT_TEMPLATE
+    answer, truncate = _answer_rule(where, spec)
     return Task(
         name=name,
         kind=CLASSIFICATION if metric == ACCURACY else GENERATION,
@@ -531,6 +684,8 @@ def _read_custom_task(yaml_path: Path, index: int, spec: Any) -> Task:
         template=template,
         source=str(yaml_path),
         extra={"train_file": str(train_path), "test_file": str(test_path)},
+        answer=answer,
+        truncate=truncate,
     )
 
 

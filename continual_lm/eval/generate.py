@@ -5,6 +5,8 @@ examples) makes a handful of generate calls instead of one or more per task. Req
 generation length (``Collator.max_new_tokens`` of their task, so short classification answers never wait for long
 generations), sorted by prompt length within a group (little padding) and cut into batches of ``batch_size``.
 Every row carries its own task's prompt and, for methods that declare ``uses_task_id_at_test``, its own task id.
+Each decoded text is cut to its answer by its own task's stop rule (``Task.answer.stop``: the first line, or the
+whole text up to EOS, or a stop string), so tasks with different rules still share batches.
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ def _batches(order: list[int], group: list[int], batch_size: int) -> list[list[i
 @torch.no_grad()
 def predict_requests(model, method, collator: Collator, requests: Sequence[Request], batch_size: int,
                      accelerator=None, progress: bool = True, desc: str = "eval") -> list[str]:
-    """Greedy predictions (cleaned) for ``requests``, in order."""
+    """Greedy predictions for ``requests``, in order, each cut to its answer by its task's stop rule."""
     encoded = [collator.encode_prompt(task, Example(text, "")) for task, _, text in requests]
     max_new = [collator.max_new_tokens(task) for task, _, _ in requests]
     order = sorted(range(len(requests)), key=lambda k: (max_new[k], len(encoded[k].input_ids)))
@@ -54,7 +56,7 @@ def predict_requests(model, method, collator: Collator, requests: Sequence[Reque
             output = output[:, batch["input_ids"].shape[1]:]
         texts = collator.tokenizer.batch_decode(output, skip_special_tokens=True)
         for k, text in zip(chunk, texts):
-            results[k] = clean_prediction(text)
+            results[k] = clean_prediction(text, requests[k][0].answer.stop)
         bar.update(len(chunk))
     bar.close()
     model.train(was_training)

@@ -269,7 +269,7 @@ class ContinualRunner:
         """Scores (0..100, rounded to 4 decimals) and predictions of ``tasks`` under the current model. The test
         inputs of all generating tasks are decoded together (shared batches, eval/generate.py)."""
         from ..eval.generate import predict_requests
-        from ..eval.scores import score
+        from ..eval.scores import score_task
         from .end_task import corpus_task_scores
 
         generating = [(task, j) for task, j in zip(tasks, indices) if task.kind != CORPUS]
@@ -287,7 +287,7 @@ class ContinualRunner:
                                                                 seed=self.config.seed)
                     scores.append(predictions[task.name]["accuracy"])
                 else:
-                    scores.append(round(score(task.metric, predictions[task.name], [e.refs() for e in task.test]), 4))
+                    scores.append(round(score_task(task, predictions[task.name]), 4))
         return scores, {task.name: predictions[task.name] for task in tasks}
 
     def evaluate_phase(self, phase: Phase) -> tuple[list[float | None], dict[str, list[str]]]:
@@ -434,6 +434,7 @@ class ContinualRunner:
             "seed": self.config.seed,
             "tasks": names,
             "metric_per_task": {t.name: t.metric for t in self.tasks},
+            "answer_per_task": {t.name: self.collator.answer_settings(t) for t in self.tasks if t.kind != CORPUS},
             "matrix": matrix,
             "single_task": single,
             "metrics": metrics,
