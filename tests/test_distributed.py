@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from continual_lm.train.loop import run
 
@@ -110,14 +111,15 @@ with open(f"gathered_{accelerator.process_index}.json", "w") as f:  # one file p
 MIGU_RANKS_CHECK = '''
 from safetensors.torch import save_file
 from continual_lm.config import LoRAConfig, RunConfig
-from continual_lm.train.loop import build_runner, prepare_run_dir
+from continual_lm.train.assemble import prepare_run
 
 config = RunConfig(benchmark="demo", method="inclora+migu", model="tiny-random-llama", seed=3,
                    tasks=["sentiment", "number_sign"], max_train_per_task=16, max_test_per_task=2,
                    max_input_length=64, max_target_length=4, batch_size=4, eval_batch_size=2, lr=5e-3,
                    lora=LoRAConfig(dropout=0.0), progress=False)
-runner = build_runner(config, prepare_run_dir(config, "migu_ranks", resume=False, overwrite=False))
-runner.run()
+prepared = prepare_run(config, output_dir="migu_ranks")
+prepared.start()
+runner = prepared.runner
 save_file({n: p.detach().contiguous() for n, p in runner.model.named_parameters() if "lora_" in n},
           f"migu_rank{runner.accelerator.process_index}.safetensors")
 '''
