@@ -27,7 +27,8 @@ EXPECTED = {
 }
 KINDS = {"seqft": "full", "seqlora": "lora", "inclora": "lora", "olora": "lora", "moelora": "lora",
          "amlora": "lora", "l2p": "prompt", "progprompt": "prompt", "lfpt5": "prompt", "epi": "prompt",
-         "sapt-lora": "lora", "sapt-prompt": "prompt", "seqft+ewc": "full"}
+         "sapt-lora": "lora", "sapt-prompt": "prompt", "seqft+ewc": "full", "osf": "full", "merge-ta": "lora",
+         "merge-ties": "lora", "merge-dare": "lora", "magmax": "full"}
 
 
 @pytest.mark.parametrize("spec", EXPECTED)
@@ -42,9 +43,8 @@ def test_every_method_declares_the_kind_of_block_it_trains():
     for spec, kind in KINDS.items():
         assert build_method(RunConfig(method=spec)).pet_kind == kind, spec
     for kind in ("lora", "prompt", "full"):
-        options = {"single": {"pet": kind}, "mtl": {"pet": kind}}
-        assert build_method(RunConfig(method="single", method_options=options)).pet_kind == kind
-        assert build_method(RunConfig(method="mtl", method_options=options)).pet_kind == kind
+        for method in ("single", "mtl"):
+            assert build_method(RunConfig(method=method, method_options={method: {"pet": kind}})).pet_kind == kind
 
 
 def _single_run(tmp_path, pet, **overrides):

@@ -80,6 +80,8 @@ def resume_config(path: str | Path, given: dict[str, Any]) -> RunConfig:
     recorded, _ = recorded_config(Path(path))
     base = recorded.to_dict()
     base.update(trust_remote_code=False, progress=True)  # only the current command decides these
+    if given.get("method", base["method"]) != base["method"]:  # another method: its options, not the recorded ones,
+        base["method_options"] = {}  # so that the difference is reported as what it is (--method)
     merged = dict(base)
     for key, value in given.items():
         if key in ("lora", "method_options"):
@@ -179,8 +181,8 @@ def prepare_run(config: RunConfig | None = None, *, output_dir: str | Path | Non
     if given is None and config is None:
         raise ContinualLMError("--resume needs the run directory")
     preset = None
-    if config is not None and config.preset and not resume:  # a fresh run's (or a reused run's) values
-        config, preset = apply_preset(config, backbone)
+    if config is not None and config.preset:  # the preset's values (a resumed run's recorded values already hold
+        config, preset = apply_preset(config, backbone)  # them: the preset then changes nothing)
     path = Path(given or default_output_dir(config)).expanduser().absolute()
     run_dir = RunDir(path)
     found = run_dir.contents()
