@@ -11,6 +11,8 @@ Per phase: before_task(i, task)                          grow/freeze structure (
            forward(model, batch) -> outputs               the training forward (prompt methods override)
            extra_loss(model, batch, outputs) -> tensor    regularisers (L1, KL, orthogonality, EWC)
            after_backward(model)                          gradient edits (MIGU masks) before the optimiser step
+           after_optimizer_step(model, optimizer)        right after every real optimizer step (parameter edits,
+                                                         e.g. GainLoRA's projection of its gates' updates)
            after_task(i, task, train_examples)            compute state (Fisher, memory, stored attention)
 Eval:      generate(model, batch, max_new_tokens)        batch holds input_ids/attention_mask only; the task id
                                                          is added (batch["task_ids"]) only when the method
@@ -139,6 +141,9 @@ class Method:
 
     def after_backward(self, model: nn.Module) -> None:
         pass
+
+    def after_optimizer_step(self, model: nn.Module, optimizer) -> None:
+        """Called after every optimizer step that happened (gradients synced), before the next forward."""
 
     def after_task(self, model: nn.Module, task_index: int, task: Task, examples: list[TrainExample]) -> None:
         pass
@@ -287,6 +292,10 @@ class Composite(Method):
     def after_backward(self, model):
         for part in self.parts:
             part.after_backward(model)
+
+    def after_optimizer_step(self, model, optimizer):
+        for part in self.parts:
+            part.after_optimizer_step(model, optimizer)
 
     def after_task(self, model, task_index, task, examples):
         for part in self.parts:

@@ -23,6 +23,9 @@ METHODS: dict[str, str] = {
     "epi": "continual_lm.methods.epi:EPI",
     "l2p": "continual_lm.methods.l2p:L2P",
     "progprompt": "continual_lm.methods.progprompt:ProgPrompt",
+    "inflora": "continual_lm.methods.inflora:InfLoRA",
+    "gainlora": "continual_lm.methods.gainlora:GainLoRA",
+    "nlora": "continual_lm.methods.nlora:NLoRA",
 }
 
 

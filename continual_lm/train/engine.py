@@ -9,15 +9,16 @@ training of a phase is wrapped:
 * DeepSpeed ZeRO-1/2: trained in place inside a DeepSpeed engine built for the phase with its optimizer and data
   loader (optimizer states and gradients are partitioned, parameters stay whole). The engine clips
   gradients and steps the optimizer inside ``accelerator.backward``, so a method that edits
-  gradients between backward and step (``after_backward``: MIGU) is refused. ``free_memory`` destroys the engine,
+  gradients between backward and step (``after_backward``: MIGU) or parameters after the step
+  (``after_optimizer_step``: GainLoRA) is refused. ``free_memory`` destroys the engine,
   which removes its gradient hooks from the parameters.
 * DeepSpeed ZeRO-3, FSDP2: these partition the parameters themselves, and neither can be undone in place nor
   grow. The phase trains a copy of the model (``copy.deepcopy``) that the engine partitions; at the end every
   process gathers the copy's trained tensors (FSDP2 ``full_tensor``, ZeRO-3 ``GatheredParameters``) into the
   plain model and the copy is released. Memory per process: the whole model plus 1/N of the copy's parameters,
   gradients and optimizer states. Because the methods' own hooks see the plain model, only methods that train
-  through the wrapped model's forward alone are accepted (no own ``forward``, ``extra_loss``, ``before_forward``
-  or ``after_backward``).
+  through the wrapped model's forward alone are accepted (no own ``forward``, ``extra_loss``, ``before_forward``,
+  ``after_backward`` or ``after_optimizer_step``).
 """
 from __future__ import annotations
 
@@ -70,6 +71,11 @@ def edits_gradients(method: Method) -> list[str]:
     return [p.name for p in _parts(method) if overrides(type(p), "after_backward")]
 
 
+def edits_after_steps(method: Method) -> list[str]:
+    """Names of the method's parts that change parameters after the optimizer step (``after_optimizer_step``)."""
+    return [p.name for p in _parts(method) if overrides(type(p), "after_optimizer_step")]
+
+
 def shards_parameters(accelerator) -> bool:
     name = engine_name(accelerator)
     return name == "fsdp" or name == "deepspeed-zero3"
@@ -77,7 +83,7 @@ def shards_parameters(accelerator) -> bool:
 
 def hooks_outside_forward(method: Method) -> list[str]:
     """``part.hook`` for each training hook a part of the method defines besides the model's own forward."""
-    hooks = ("forward", "extra_loss", "before_forward", "after_backward")
+    hooks = ("forward", "extra_loss", "before_forward", "after_backward", "after_optimizer_step")
     return [f"{p.name}.{h}" for p in _parts(method) for h in hooks if overrides(type(p), h)]
 
 
@@ -103,6 +109,12 @@ def check_engine(accelerator, method: Method, config) -> None:
             raise ContinualLMError(
                 f"method {', '.join(editors)} edits gradients between backward and the optimizer step, which DeepSpeed "
                 f"does inside one call; run it with DDP (examples/accelerate/ddp_cpu.yaml) or one process")
+        editors = edits_after_steps(method)
+        if editors:
+            raise ContinualLMError(
+                f"method {', '.join(editors)} edits parameters after each optimizer step, which DeepSpeed would "
+                f"overwrite from its own partitioned copy; run it with DDP (examples/accelerate/ddp_cpu.yaml) or one "
+                f"process")
         _agree_with_deepspeed(accelerator, config)
 
 

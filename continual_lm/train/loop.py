@@ -203,6 +203,8 @@ class ContinualRunner:
                         if config.max_grad_norm:
                             accelerator.clip_grad_norm_(training.params, config.max_grad_norm)
                     optimizer.step()
+                    if accelerator.sync_gradients:
+                        method.after_optimizer_step(model, optimizer)
                     optimizer.zero_grad(set_to_none=True)
                 if not torch.isfinite(loss):
                     raise ContinualLMError(f"training loss became {loss.item()} in phase {phase.row}; lower --lr")
