@@ -96,6 +96,15 @@ def test_later_gates_are_zero_on_earlier_tasks_inputs_and_a_resume_is_exact(tmp_
     batch = next(method.context.prompt_batches(0, [e.input for e in method.tasks[0].test[:2]]))
     assert method.generate(model, NoTaskIds(batch), 3).shape[0] == 2  # fails the test if a task id is read
     assert '"sentiment"' in (tmp_path / "a" / "run" / "gainlora_gates.json").read_text()
+    from continual_lm.api import export_run, load_run  # the own format holds the designed (never trained) A's too
+
+    summary = export_run(load_run(tmp_path / "a" / "run"), tmp_path / "export")
+    exported = load_file(tmp_path / "export" / summary["own_format"])
+    trained = load_file(tmp_path / "a" / "run" / "checkpoints" / "phase_02" / "trainable.safetensors")
+    assert any(k.startswith("gainlora_gates") for k in trained)
+    assert all(torch.equal(exported[k], v) for k, v in trained.items())
+    bank_name, bank = next(iter(method.banks.items()))
+    assert torch.equal(exported[f"{bank_name}.lora_A.2"], bank.lora_A[2].detach())
 
 
 def test_olora_base_and_that_the_update_constraint_is_what_closes_the_gates(tmp_path):

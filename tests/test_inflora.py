@@ -81,7 +81,7 @@ def _run(tmp_path, monkeypatch, model="tiny-random-llama", tasks=TASKS):
     return backbone, results, designed, memories
 
 
-def test_inflora_down_projections_are_designed_orthogonal_to_the_memory_frozen_and_resume_exactly(tmp_path, monkeypatch):
+def test_designed_down_projections_are_orthogonal_to_the_memory_frozen_and_resume_exactly(tmp_path, monkeypatch):
     backbone, results, designed, snaps = _run(tmp_path / "a", monkeypatch)
     monkeypatch.undo()
     banks = find_lora_banks(backbone.model)

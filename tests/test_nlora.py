@@ -60,8 +60,8 @@ def test_the_penalty_reaches_the_gradients_of_a_training_step(tmp_path):
 def test_nlora_run_freezes_earlier_loras_and_its_options(tmp_path, monkeypatch):
     snapshots = record_after_each_phase(monkeypatch)
     backbone = load_backbone("tiny-random-llama", seed=3)
-    loop.run(tiny_config(tmp_path, "nlora", tasks=["sentiment", "reverse"], method_options={"nlora": {"lambda1": 1e-3}}),
-             backbone=backbone)
+    config = tiny_config(tmp_path, "nlora", tasks=["sentiment", "reverse"], method_options={"nlora": {"lambda1": 1e-3}})
+    loop.run(config, backbone=backbone)
     assert all(bank.num_loras == 2 for bank in find_lora_banks(backbone.model).values())
     keys = [k for k in snapshots[0] if ".lora_A.0" in k or ".lora_B.0" in k]
     assert keys and all(torch.equal(snapshots[1][k], snapshots[0][k]) for k in keys)

@@ -147,7 +147,7 @@ class InputCovariance:
         return hook
 
     def covariances(self) -> dict[str, torch.Tensor]:
-        return {name: total / max(self.counts[name], 1) for name, total in self.sums.items()}
+        return {name: total.div_(max(self.counts[name], 1)) for name, total in self.sums.items()}  # in place
 
     def remove(self) -> None:
         for handle in self.handles:

@@ -46,7 +46,9 @@ def per_task(value, flag: str, task_index: int, num_tasks: int) -> float:
 
 @dataclass
 class NLoRAOptions:
-    lambda1: float | list[float] = 0.4  # weight of the L1 term (reference --lamda_1); a list: one per task
+    # weight of the L1 term; a list: one per task. The reference scripts' 0.4 goes with the code's r x r term; with
+    # the paper's d_out x d_in term it stops learning on SmolLM2 (bench/nlora_lambda.md), 1e-3 does not
+    lambda1: float | list[float] = 1e-3
     penalty: str = "delta"  # delta: ||B_t A_t||_1, the paper's dW_t | code: the reference's ||A_t B_t||_1 (r x r)
     orthogonal: float | list[float] = 0.0  # O-LoRA's orthogonality weight on top (0: N-LoRA's reference code)
 
