@@ -107,6 +107,32 @@ def test_designed_down_projections_are_orthogonal_to_the_memory_frozen_and_resum
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
 
 
+def test_input_covariances_count_each_projections_real_tokens_on_a_seq2seq_model(tmp_path):
+    from continual_lm.methods.base import TrainExample
+    from continual_lm.methods.inflora import InputCovariance
+
+    from helpers import set_up_method
+
+    method, backbone = set_up_method(tmp_path, "inflora", ["sentiment"], model="tiny-random-t5", before_tasks=1,
+                                     max_input_length=400)
+    model = backbone.model.eval()
+    stats = InputCovariance(model, method.banks)
+    encoder_tokens = answer_tokens = positions = 0
+    with torch.no_grad():
+        for batch in method.context.train_batches([TrainExample(0, e) for e in method.tasks[0].train]):
+            stats.set_batch(batch)
+            method.forward(model, batch)
+            encoder_tokens += int(batch["attention_mask"].sum())
+            answer_tokens += int((batch["labels"] != -100).sum())
+            positions += batch["attention_mask"].numel()
+    stats.remove()
+    assert encoder_tokens < positions  # the inputs are padded: a wrong mask would count more
+    for name, count in stats.counts.items():
+        reads_encoder = name.startswith("encoder.") or "EncDecAttention.v" in name
+        assert count == (encoder_tokens if reads_encoder else answer_tokens), name
+    assert len(stats.counts) == len(method.banks)
+
+
 def test_inflora_on_a_seq2seq_model(tmp_path, monkeypatch):
     _, _, designed, snaps = _run(tmp_path, monkeypatch, model="tiny-random-t5")
     for name, A in designed[1].items():  # encoder, decoder and cross-attention (encoder-reading) projections

@@ -136,8 +136,8 @@ class InputCovariance:
 
     def _hook(self, name: str, in_encoder: bool):
         def hook(module, inputs, output):
+            reads_encoder = in_encoder or inputs[0] is self.encoder_output  # the very tensor (before any detach)
             x = inputs[0].detach()
-            reads_encoder = in_encoder or x is self.encoder_output
             mask = self.masks["encoder" if reads_encoder else "decoder"]
             rows = x[mask] if mask is not None and mask.shape == x.shape[:-1] else x.reshape(-1, x.shape[-1])
             rows = rows.float()
