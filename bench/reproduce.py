@@ -90,6 +90,7 @@ PAPER = {
     "superni": {  # order 1, SAPT paper (T5-large), AP / F.Ra
         "seqlora": "6.43 / 33.39", "olora": "25.89 / 26.37", "sapt-lora": "51.54 / 0.91",
         "sapt-prompt": "41.11 / 1.32", "sapt-lora (no ARM)": "11.12 / 42.83",
+        "gainlora": "≈46-48 / ≈2.3-2.6",  # GainLoRA (InfLoRA base) as quoted approximately by issue 22
     },
 }
 
@@ -97,6 +98,7 @@ PAPER = {
 # Named variants: a registered method run with non-default options (the papers' ablation rows).
 VARIANTS = {
     "sapt-lora-noarm": ("sapt-lora", {"sapt-lora": {"arm": "none"}}),  # SAPT Table 4 "w/o ARM"
+    "gainlora-olora": ("gainlora", {"gainlora": {"base": "olora"}}),  # GainLoRA's O-LoRA base (`gainlora`: InfLoRA)
 }
 PAPER_NAMES = {"sapt-lora-noarm": "sapt-lora (no ARM)"}
 

@@ -2,13 +2,13 @@
 
     python bench/speed.py [--model smollm2-135m] [--methods ...] [--tasks 4] [--reps 5] [--batch 8] [--seq-len 48]
 
-Each method is set up through its own class exactly as the loop does (setup, then before_task/after_task for the
-earlier tasks of a demo stream, then before_task of the last one), on its own copy of the backbone, and timed on
-the same batches in one process with interleaved repetitions (medians). Peak memory is the peak RSS (VmHWM) of a
-separate process per variant (setup + 3 training steps + one generation), since RSS peaks cannot be told apart inside one
-process. The peer computes its loss like every method (``models.lm_forward``: the answer positions' logits, passed
-through peft to its base model), so seqlora/peer compares the two LoRA implementations alone. Writes bench/SPEED.md
-and bench/speed.json.
+Each method is set up through its own class exactly as the loop does (setup, then before_task/train_examples/
+after_task for the earlier tasks of a demo stream, then before_task/train_examples of the last one), on its own copy
+of the backbone, and timed on the same batches in one process with interleaved repetitions (medians). Peak memory
+is the peak RSS (VmHWM) of a separate process per variant (setup + 3 training steps + one generation), since RSS
+peaks cannot be told apart inside one process. The peer computes its loss like every method (``models.lm_forward``:
+the answer positions' logits, passed through peft to its base model), so seqlora/peer compares the two LoRA
+implementations alone. Writes bench/SPEED.md and bench/speed.json.
 """
 from __future__ import annotations
 
@@ -77,9 +77,9 @@ class Variant:
             for i, task in enumerate(tasks):
                 self.method.before_task(self.model, i, task)
                 examples = [TrainExample(i, ex) for ex in task.train[:8]]
+                self.method.train_examples(i, examples)  # as the loop before training a phase (InfLoRA designs A)
                 if i < len(tasks) - 1:
                     self.method.after_task(self.model, i, task, examples)
-            self.method.train_examples(len(tasks) - 1, examples)  # as the loop starts a phase (OSF decomposes here)
         for module in self.model.modules():  # no early stop: every variant decodes exactly the same number of tokens
             if getattr(module, "generation_config", None) is not None:
                 module.generation_config.eos_token_id = None
@@ -97,6 +97,7 @@ class Variant:
         self.method.after_backward(self.model)
         torch.nn.utils.clip_grad_norm_(self.params, 1.0)
         self.optimizer.step()
+        self.method.after_optimizer_step(self.model, self.optimizer)
         self.optimizer.zero_grad(set_to_none=True)
         return time.perf_counter() - start
 

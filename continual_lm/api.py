@@ -213,8 +213,11 @@ def export_run(run: LoadedRun, out: str | Path, fmt: str = "peft") -> dict[str, 
         summary["combined"] = "combined"
         summary["note"] = "load 'combined' with peft.PeftModel.from_pretrained to reproduce the run's model"
     else:
-        trainable = run.runner.trainable_state()
-        save_file({k: v.detach().contiguous().cpu() for k, v in trainable.items()}, str(tmp / "banks.safetensors"))
+        state = run.runner.trainable_state()
+        # every LoRA, also those never trained (InfLoRA-style designed down-projections of GainLoRA)
+        state.update({f"{n}.{k}": p for n, b in banks.items() for k, p in b.named_parameters()
+                      if k.startswith("lora_")})
+        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp / "banks.safetensors"))
         shutil.copy(run.path / "config.yaml", tmp / "config.yaml")
         summary["own_format"] = "banks.safetensors"
         summary["note"] = (f"{run.config.method} mixes its LoRAs input-dependently, which a static peft adapter "

@@ -165,7 +165,7 @@ class Method:
         pass
 
     def after_optimizer_step(self, model: nn.Module, optimizer) -> None:
-        pass
+        """Called after every optimizer step that happened (gradients synced), before the next forward."""
 
     def after_task(self, model: nn.Module, task_index: int, task: Task, examples: list[TrainExample]) -> None:
         pass

@@ -28,6 +28,9 @@ METHODS: dict[str, str] = {
     "merge-ties": "continual_lm.methods.merging:TIES",
     "merge-dare": "continual_lm.methods.merging:DARE",
     "magmax": "continual_lm.methods.merging:MagMax",
+    "inflora": "continual_lm.methods.inflora:InfLoRA",
+    "gainlora": "continual_lm.methods.gainlora:GainLoRA",
+    "nlora": "continual_lm.methods.nlora:NLoRA",
 }
 
 

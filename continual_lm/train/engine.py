@@ -66,10 +66,13 @@ def _parts(method: Method) -> list[Method]:
 
 
 def edits_gradients(method: Method) -> list[str]:
-    """Names of the method's parts that change gradients between backward and the optimizer step, or the step's
-    result right after it."""
-    return [p.name for p in _parts(method)
-            if overrides(type(p), "after_backward") or overrides(type(p), "after_optimizer_step")]
+    """Names of the method's parts that change gradients between backward and the optimizer step."""
+    return [p.name for p in _parts(method) if overrides(type(p), "after_backward")]
+
+
+def edits_after_steps(method: Method) -> list[str]:
+    """Names of the method's parts that change parameters after the optimizer step (``after_optimizer_step``)."""
+    return [p.name for p in _parts(method) if overrides(type(p), "after_optimizer_step")]
 
 
 def shards_parameters(accelerator) -> bool:
@@ -105,6 +108,12 @@ def check_engine(accelerator, method: Method, config) -> None:
             raise ContinualLMError(
                 f"method {', '.join(editors)} edits gradients between backward and the optimizer step, which DeepSpeed "
                 f"does inside one call; run it with DDP (examples/accelerate/ddp_cpu.yaml) or one process")
+        editors = edits_after_steps(method)
+        if editors:
+            raise ContinualLMError(
+                f"method {', '.join(editors)} edits parameters after each optimizer step, which DeepSpeed would "
+                f"overwrite from its own partitioned copy; run it with DDP (examples/accelerate/ddp_cpu.yaml) or one "
+                f"process")
         _agree_with_deepspeed(accelerator, config)
 
 
