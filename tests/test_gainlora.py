@@ -14,10 +14,11 @@ from continual_lm.methods.base import TrainExample, build_method
 from continual_lm.methods.gainlora import GainLoRA
 from continual_lm.methods.registry import split_method_spec
 from continual_lm.models.backbone import load_backbone
-from continual_lm.train import loop
+from continual_lm.train.assemble import prepare_run
 from continual_lm.train.engine import check_engine
 
-from helpers import NoTaskIds, run_crashed_in_first_evaluation_then_resumed, set_up_method, tiny_config
+from helpers import (checkpoint_method_tensors, checkpoint_tensors, NoTaskIds,
+                     run_crashed_in_first_evaluation_then_resumed, set_up_method, tiny_config)
 
 TASKS = ["sentiment", "animal_class", "reverse"]
 
@@ -62,11 +63,10 @@ def _gate_values_on_training_inputs(method, task_index):
 
 def _run(tmp_path, options, tasks=TASKS, constrained=True):
     config = tiny_config(tmp_path, "gainlora", tasks=tasks, method_options={"gainlora": options})
-    runner = loop.build_runner(config, tmp_path / "run", backbone=load_backbone("tiny-random-llama", seed=3))
+    prepared = prepare_run(config, output_dir=tmp_path / "run", backbone=load_backbone("tiny-random-llama", seed=3))
     if not constrained:
-        runner.method.after_optimizer_step = lambda model, optimizer: None
-    results = runner.run()
-    return runner, results
+        prepared.runner.method.after_optimizer_step = lambda model, optimizer: None
+    return prepared.runner, prepared.start()
 
 
 def _check_gates(method, tasks: int):
@@ -88,8 +88,8 @@ def test_later_gates_are_zero_on_earlier_tasks_inputs_and_a_resume_is_exact(tmp_
     resumed = run_crashed_in_first_evaluation_then_resumed(
         monkeypatch, lambda where: tiny_config(where, "gainlora", tasks=TASKS), tmp_path / "b")
     assert resumed["matrix"] == results["matrix"]
-    for name in ("trainable.safetensors", "method_state.safetensors"):
-        a, b = (load_file(tmp_path / run / "run" / "checkpoints" / "phase_02" / name) for run in ("a", "b"))
+    for name, read in (("trainable", checkpoint_tensors), ("method state", checkpoint_method_tensors)):
+        a, b = (read(tmp_path / run / "run", 2) for run in ("a", "b"))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
     assert any(k.startswith("gate.") for k in a) and any(k.startswith("down.") for k in a)
     model = reference.model.eval()
@@ -100,7 +100,7 @@ def test_later_gates_are_zero_on_earlier_tasks_inputs_and_a_resume_is_exact(tmp_
 
     summary = export_run(load_run(tmp_path / "a" / "run"), tmp_path / "export")
     exported = load_file(tmp_path / "export" / summary["own_format"])
-    trained = load_file(tmp_path / "a" / "run" / "checkpoints" / "phase_02" / "trainable.safetensors")
+    trained = checkpoint_tensors(tmp_path / "a" / "run", 2)
     assert any(k.startswith("gainlora_gates") for k in trained)
     assert all(torch.equal(exported[k], v) for k, v in trained.items())
     bank_name, bank = next(iter(method.banks.items()))

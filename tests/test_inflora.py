@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from continual_lm.methods.inflora import InfLoRA, design_down_projection, gpm_threshold, gpm_update
 from continual_lm.methods.registry import split_method_spec
@@ -13,7 +12,8 @@ from continual_lm.models.backbone import load_backbone
 from continual_lm.models.inject import find_lora_banks
 from continual_lm.train import loop
 
-from helpers import record_after_each_phase, run_crashed_in_first_evaluation_then_resumed, tiny_config
+from helpers import (checkpoint_method_tensors, checkpoint_tensors, record_after_each_phase,
+                     run_crashed_in_first_evaluation_then_resumed, tiny_config)
 
 TASKS = ["sentiment", "animal_class"]
 
@@ -102,8 +102,8 @@ def test_designed_down_projections_are_orthogonal_to_the_memory_frozen_and_resum
     resumed = run_crashed_in_first_evaluation_then_resumed(
         monkeypatch, lambda where: tiny_config(where, "inflora", tasks=TASKS), tmp_path / "b")
     assert resumed["matrix"] == results["matrix"]
-    for name in ("trainable.safetensors", "method_state.safetensors"):
-        a, b = (load_file(tmp_path / run / "run" / "checkpoints" / "phase_01" / name) for run in ("a", "b"))
+    for name, read in (("trainable", checkpoint_tensors), ("method state", checkpoint_method_tensors)):
+        a, b = (read(tmp_path / run / "run", 1) for run in ("a", "b"))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
 
 

@@ -24,10 +24,12 @@ EXPECTED = {
     "moelora": (1, 0, 0, 0), "amlora": (1, 0, 0, 0), "mtl": (0, 0, 1, 0), "single": (1, 1, 0, 0),
     "l2p": (0, 0, 0, 0), "progprompt": (1, 0, 0, 0), "lfpt5": (1, 0, 0, 1), "epi": (1, 0, 0, 0),
     "seqlora+replay": (1, 0, 1, 0), "seqlora+ewc": (1, 0, 0, 0), "seqlora+migu": (0, 0, 0, 0),
+    "inflora": (1, 0, 0, 0), "gainlora": (1, 0, 0, 0), "nlora": (1, 0, 0, 0),
 }
 KINDS = {"seqft": "full", "seqlora": "lora", "inclora": "lora", "olora": "lora", "moelora": "lora",
          "amlora": "lora", "l2p": "prompt", "progprompt": "prompt", "lfpt5": "prompt", "epi": "prompt",
-         "sapt-lora": "lora", "sapt-prompt": "prompt", "seqft+ewc": "full", "osf": "full", "merge-ta": "lora",
+         "sapt-lora": "lora", "sapt-prompt": "prompt", "seqft+ewc": "full", "osf": "full", "merge-ta": "lora", "inflora": "lora",
+         "gainlora": "lora", "nlora": "lora",
          "merge-ties": "lora", "merge-dare": "lora", "magmax": "full"}
 
 

@@ -127,7 +127,7 @@ class GainLoRA(SubspaceLoRA, LoRAMethod):
                    "--gainlora-base inflora|olora)")
     Options = GainLoRAOptions
     composable_with = ("migu", "replay")
-    uses_task_id_at_train = False
+    uses_task_id_at_train = True  # a new LoRA at each task boundary
     uses_task_id_at_test = False
     uses_replay = False
     uses_pseudo_samples = False

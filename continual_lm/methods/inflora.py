@@ -240,7 +240,7 @@ class InfLoRA(SubspaceLoRA, LoRAMethod):
     description = "a new LoRA per task whose frozen down-projection avoids earlier tasks' inputs (InfLoRA); summed"
     Options = InfLoRAOptions
     composable_with = ("migu", "replay")  # not ewc: nothing trained in task t was trained before t
-    uses_task_id_at_train = False
+    uses_task_id_at_train = True  # a new LoRA at each task boundary
     uses_task_id_at_test = False
     uses_replay = False
     uses_pseudo_samples = False

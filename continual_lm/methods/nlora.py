@@ -62,7 +62,7 @@ class NLoRA(LoRAMethod):
     description = "a new LoRA per task with an L1 penalty on its update against parameter collisions (N-LoRA); summed"
     Options = NLoRAOptions
     composable_with = ("migu", "replay")  # not ewc: nothing trained in task t was trained before t
-    uses_task_id_at_train = False
+    uses_task_id_at_train = True  # a new LoRA at each task boundary
     uses_task_id_at_test = False
     uses_replay = False
     uses_pseudo_samples = False
