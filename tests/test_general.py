@@ -83,7 +83,7 @@ def test_a_run_measures_the_base_model_before_and_the_final_model_after(tmp_path
     from continual_lm.eval import general
     from continual_lm.eval.general import evaluate_general
     from continual_lm.models.backbone import load_backbone
-    from continual_lm.train.loop import run
+    from continual_lm import run
 
     write_colour_task(tmp_path / "tasks")
     config = tiny_config(tmp_path, method="seqlora", general_tasks=["colour_mc"],

@@ -3,7 +3,7 @@ import pytest
 
 from continual_lm.data import collate
 from continual_lm.errors import ContinualLMError
-from continual_lm.train.loop import run
+from continual_lm import run
 
 from helpers import tiny_config
 
