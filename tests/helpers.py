@@ -1,5 +1,6 @@
 """Shared test helpers: a tiny, fast run configuration on the demo stream."""
 import importlib.util
+import sys
 from pathlib import Path
 
 from continual_lm import run
@@ -14,6 +15,7 @@ def load_script(relative_path: str):
     path = ROOT / relative_path
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # what dataclasses (and pickling) look a class's module up in
     spec.loader.exec_module(module)
     return module
 

@@ -53,7 +53,8 @@ def test_task_ids_reach_only_methods_that_declare_them():
     collator = Collator(build_byte_tokenizer(with_bos=False), True, 64, 12, False)
     task = _task("a")
     method = Recorder(uses_task_id_at_test=False)
-    predict_requests(torch.nn.Linear(1, 1), method, collator, [(task, 0, e.input) for e in task.test], 2, progress=False)
+    requests = [(task, 0, e.input) for e in task.test]
+    predict_requests(torch.nn.Linear(1, 1), method, collator, requests, 2, progress=False)
     assert [c["rows"] for c in method.calls] == [2, 2, 1]
     assert all(c["task_ids"] is None for c in method.calls)
 

@@ -52,8 +52,9 @@ def evaluate_tasks(model, method, collator, tokenizer, tasks: list[Task], indice
                                  desc=f"eval {label}")
         for task, _ in generating:
             predictions, texts = texts[:len(task.test)], texts[len(task.test):]
-            records[task.name] = [{"input": e.input, "references": list(e.refs()), "prediction": p, "score": round(s, 4)}
-                                  for e, p, s in zip(task.test, predictions, task_example_scores(task, predictions))]
+            records[task.name] = [
+                {"input": e.input, "references": list(e.refs()), "prediction": p, "score": round(s, 4)}
+                for e, p, s in zip(task.test, predictions, task_example_scores(task, predictions))]
             generated[task.name] = round(score_task(task, predictions), 4)
         scores = []
         for task in tasks:

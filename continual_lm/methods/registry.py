@@ -1,8 +1,8 @@
 """The method registry: name -> "module:Class". Adding a method = one file in methods/ plus one line here.
 
 Methods of your own need no edit here: decorate the class with ``@register_method`` (methods/base.py; a ``Method``
-subclass with a ``name``, docs/api.md), or publish it from a package under the entry-point group ``continual_lm.methods``
-(``name = "module:Class"``), which is read the first time a name is not found.
+subclass with a ``name``, docs/api.md), or publish it from a package under the entry-point group
+``continual_lm.methods`` (``name = "module:Class"``), which is read the first time a name is not found.
 """
 from __future__ import annotations
 

@@ -170,7 +170,8 @@ class ContinualRunner:
                               accelerator=self.accelerator, progress=config.progress, label=label)
 
     def evaluate_phase(self, phase: Phase) -> Evaluation:
-        return self.evaluate([self.tasks[j] for j in phase.eval_tasks], list(phase.eval_tasks), f"after {phase.row + 1}")
+        tasks = [self.tasks[j] for j in phase.eval_tasks]
+        return self.evaluate(tasks, list(phase.eval_tasks), f"after {phase.row + 1}")
 
     # ---- the loop ---------------------------------------------------------------------------------------------
     def _start_phase(self, phase: Phase, initial: dict[str, torch.Tensor]) -> None:
