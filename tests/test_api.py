@@ -2,6 +2,7 @@
 datasets object), methods registered from user code, user callbacks, the example script; and a finished run that
 predicts, exports and merges after it was moved away from its data."""
 import json
+import logging
 import shutil
 
 import pytest
@@ -117,7 +118,7 @@ def test_a_moved_run_predicts_exports_and_merges_without_its_data(tmp_path):
         continual_lm.load_run(moved)
 
 
-def test_a_callback_sees_every_event_in_order(tmp_path):
+def test_a_callback_sees_every_event_in_order_and_a_run_logs_and_records_each_example(tmp_path, caplog):
     class Events(Callback):
         def __init__(self):
             self.seen = []
@@ -141,7 +142,26 @@ def test_a_callback_sees_every_event_in_order(tmp_path):
             self.seen.append(f"end AP {results['metrics']['AP']}")
 
     events = Events()
+    caplog.set_level(logging.INFO, logger="continual_lm")
     results = run(tiny_config(tmp_path, tasks=["sentiment", "reverse"]), callbacks=[events])
     assert events.seen == ["start", "train 0 (2 steps)", "trained 0", "evaluated 0: ['sentiment']",
                            "train 1 (2 steps)", "trained 1", "evaluated 1: ['sentiment', 'reverse']", "stream end",
                            f"end AP {results['metrics']['AP']}"]
+
+    # one logging line per phase (time, steps, loss, every score), and one for the run (without progress bars)
+    lines = [r.getMessage() for r in caplog.records if r.name == "continual_lm"]
+    phases = [line for line in lines if line.startswith("phase ")]
+    assert len(phases) == 2 and all(" s (2 steps, loss " in line for line in phases)
+    assert phases[1].endswith(f"sentiment {results['matrix'][1][0]:.2f}, reverse {results['matrix'][1][1]:.2f}")
+    assert lines[-1].startswith(f"{results['method']}: AP {results['metrics']['AP']:.2f}")
+    # each prediction file holds, per test example, its input, references, prediction and score
+    from continual_lm.data.stream import load_stream_for
+
+    stream = load_stream_for(tiny_config(tmp_path, tasks=["sentiment", "reverse"]))
+    records = json.loads((tmp_path / "run" / "predictions" / "after_phase_01.json").read_text())
+    for j, task in enumerate(stream.tasks):
+        assert [(r["input"], r["references"]) for r in records[task.name]] == [(e.input, list(e.refs()))
+                                                                             for e in task.test]
+        assert all(set(r) == {"input", "references", "prediction", "score"} for r in records[task.name])
+        mean = sum(r["score"] for r in records[task.name]) / len(records[task.name])
+        assert mean == pytest.approx(results["matrix"][1][j], abs=1e-3)

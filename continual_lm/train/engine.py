@@ -64,6 +64,15 @@ def engine_name(accelerator) -> str:
     return "ddp"
 
 
+def device_name(device: torch.device) -> str:
+    """What the run trained on, for results.json: the accelerator's name, or the CPU and its thread count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "cpu":
+        return f"cpu ({torch.get_num_threads()} threads)"
+    return device.type
+
+
 def deepspeed_config(accelerator) -> dict:
     return accelerator.state.deepspeed_plugin.deepspeed_config
 

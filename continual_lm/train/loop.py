@@ -12,7 +12,6 @@ eval/results.py.
 from __future__ import annotations
 
 import math
-import platform
 import time
 from typing import Any
 
@@ -29,7 +28,8 @@ from ..eval.results import build_results, evaluated_phases
 from ..io_utils import atomic_write_json
 from ..methods.base import Method, Phase, RunContext, TrainExample, protocol
 from .checkpoint import RunDir
-from .engine import end_training, engine_name, start_training
+from ..version import library_versions
+from .engine import device_name, end_training, engine_name, start_training
 
 
 class ContinualRunner:
@@ -282,7 +282,7 @@ class ContinualRunner:
             tasks=self.tasks, phases=self.phases, state=self.state, single_task=self.single_task,
             evaluated=self.evaluated, schedule_option=option,
             answer_per_task={t.name: self.collator.answer_settings(t) for t in self.tasks if t.kind != CORPUS},
-            run_info={"versions": _versions(), "device": _device_name(self.accelerator.device),
+            run_info={"versions": library_versions(), "device": device_name(self.accelerator.device),
                       "engine": engine_name(self.accelerator),
                       "batch": {"per_process": config.batch_size, "processes": self.accelerator.num_processes,
                                 "grad_accum": config.grad_accum,
@@ -290,22 +290,3 @@ class ContinualRunner:
                       "protocol": {**protocol(self.method), "task_names_in_prompts": bool(config.prompt_task_name)},
                       "pet_kind": self.method.pet_kind, "preset": self.run_dir.read_preset()})
 
-
-def _versions() -> dict[str, str]:
-    import accelerate
-    import peft
-    import transformers
-
-    from ..version import __version__
-
-    return {"continual_lm": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "peft": peft.__version__, "accelerate": accelerate.__version__, "python": platform.python_version()}
-
-
-def _device_name(device: torch.device) -> str:
-    """What the run trained on, for results.json: the accelerator's name, or the CPU and its thread count."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    if device.type == "cpu":
-        return f"cpu ({torch.get_num_threads()} threads)"
-    return device.type
