@@ -26,7 +26,7 @@ from reproduce import PRESETS, seqlora_runner  # noqa: E402
 def main(argv=None) -> int:
     import torch
 
-    from continual_lm.eval.generate import predict_requests, predict_texts
+    from continual_lm.eval.generate import predict_requests
     from continual_lm.io_utils import atomic_write_json, atomic_write_text
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -62,8 +62,8 @@ def main(argv=None) -> int:
                         preds = predict_requests(runner.model, runner.method, runner.collator, requests,
                                                  config.eval_batch_size, progress=False)
                     else:
-                        preds = [p for j, t in enumerate(tasks) for p in predict_texts(
-                            runner.model, runner.method, runner.collator, t, j, [e.input for e in t.test],
+                        preds = [p for j, t in enumerate(tasks) for p in predict_requests(
+                            runner.model, runner.method, runner.collator, [(t, j, e.input) for e in t.test],
                             config.eval_batch_size, progress=False)]
                     times[variant].append(time.perf_counter() - start)
                     runner.method.generate = original

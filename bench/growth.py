@@ -75,16 +75,15 @@ def child(trace: str, argv: list[str]) -> int:
     report.md, heatmap) is written: the loop's own peak."""
     import resource
 
+    from continual_lm import callbacks
     from continual_lm.cli import main as cli_main
-    from continual_lm.train import loop
 
-    finish = loop.ContinualRunner.finish
+    class NotePeak(callbacks.Callback):
+        def on_stream_end(self, run):
+            Path(trace).write_text(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
 
-    def noting_finish(self, *args):
-        Path(trace).write_text(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
-        return finish(self, *args)
-
-    loop.ContinualRunner.finish = noting_finish
+    shipped = callbacks.default_callbacks
+    callbacks.default_callbacks = lambda: [NotePeak(), *shipped()]
     return cli_main(argv)
 
 

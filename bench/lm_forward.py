@@ -32,7 +32,7 @@ from continual_lm.io_utils import atomic_write_json, atomic_write_text  # noqa: 
 from continual_lm.models.backbone import default_lora_targets, load_backbone  # noqa: E402
 from continual_lm.models.inject import inject_lora_banks  # noqa: E402
 from continual_lm.models.lm_forward import answer_columns, batch_forward  # noqa: E402
-from continual_lm.train.loop import load_stream_for  # noqa: E402
+from continual_lm.data.stream import load_stream_for  # noqa: E402
 from reproduce import PRESETS  # noqa: E402
 from speed import peak_rss_mib  # noqa: E402
 

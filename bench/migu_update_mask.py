@@ -30,7 +30,7 @@ import torch
 
 from continual_lm.config import RunConfig
 from continual_lm.methods.migu import MIGU, units_to_mask
-from continual_lm.train.loop import build_runner
+from continual_lm.train.assemble import build_runner
 
 HERE = Path(__file__).resolve().parent
 

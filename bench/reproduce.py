@@ -169,7 +169,7 @@ def run_one(benchmark: str, method: str, settings: dict, preset: dict, root: Pat
 def seqlora_runner(preset_name: str, benchmark: str, data_dir: str):
     """A seqlora runner on one benchmark of a preset (its settings, model and seed) with the first task's LoRA added
     (B = 0, so the model still decodes like the base model): what the bench scripts time. Writes nothing."""
-    from continual_lm.train.loop import build_runner
+    from continual_lm.train.assemble import build_runner
 
     preset = PRESETS[preset_name]
     config = RunConfig(benchmark=benchmark, method="seqlora", model=preset["model"], seed=preset["seed"],

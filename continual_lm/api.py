@@ -1,4 +1,8 @@
-"""Use what a run learned: load its final model, predict without task ids, export adapters, merge weights.
+"""The Python API: run an experiment, and use what a run learned (load its final model, predict without task
+ids, export adapters, merge weights). docs/api.md has the guide.
+
+    results = continual_lm.run(method="inclora", benchmark="demo", epochs=2, output_dir="runs/demo-inclora")
+    results = continual_lm.run(config, stream=my_stream, callbacks=[MyCallback()])    # a RunConfig, a Python stream
 
     run = continual_lm.load_run("runs/std1-inclora")
     run.predict(["What is the topic ...\\nAnswer:"])                    # full prompts, as-is
@@ -19,6 +23,43 @@ from .data.tasks import GENERATION, ROUGE_L, Task
 from .errors import ContinualLMError
 from .io_utils import atomic_write_json
 from .models.inject import find_lora_banks
+from .train.checkpoint import RunDir
+
+
+def run(config=None, *, stream=None, callbacks=(), output_dir: str | Path | None = None, resume: bool = False,
+        overwrite: bool = False, reuse: bool = False, backbone=None, **options) -> dict[str, Any]:
+    """Run a continual-learning experiment and return its results (the content of results.json).
+
+    ``config``: a ``RunConfig``, a mapping of options, a YAML file's path, or None; ``options``: the same options as
+    keywords (``method="inclora", epochs=2, lora={"r": 4}, method_options={...}``: every command-line option of
+    ``continual-lm run``, by its RunConfig name), applied over ``config``. ``stream``: a ``Stream`` built in Python
+    (data/stream.py) instead of a benchmark; ``callbacks``: ``Callback`` objects called after the shipped ones.
+    ``resume``/``overwrite``/``reuse`` act on ``output_dir`` as ``--resume``/``--overwrite`` do (a resumed run
+    whose stream was given in Python needs the same stream again). Everything is checked before anything is
+    written (docs/reliability.md)."""
+    from .config import RunConfig, read_yaml_mapping
+    from .train.assemble import run as assembled_run
+
+    if isinstance(config, (str, Path)):
+        base, source = read_yaml_mapping(config), str(config)
+    elif isinstance(config, RunConfig):
+        base, source = None, "configuration"
+    elif config is None or isinstance(config, dict):
+        base, source = dict(config or {}), "configuration"
+    else:
+        raise ContinualLMError(f"config: expected a RunConfig, a mapping of options or a YAML file's path, got "
+                               f"{type(config).__name__}")
+    if base is None:
+        if options:  # over a RunConfig: what it was given, and these options, count as given (for --preset)
+            given = config.given
+            config = RunConfig.from_dict({**config.to_dict(), **options})
+            config.given = None if given is None else given | RunConfig.from_dict(options).given
+    elif base or options or not resume:
+        config = RunConfig.from_dict({**base, **options}, source=source)
+    else:
+        config = None  # resume with the recorded configuration
+    return assembled_run(config, output_dir=output_dir, resume=resume, overwrite=overwrite, reuse=reuse,
+                         backbone=backbone, stream=stream, callbacks=list(callbacks))
 
 
 @dataclass
@@ -93,8 +134,7 @@ def load_run(run_dir: str | Path, *, trust_remote_code: bool = False, allow_unfi
     """The final model of a run directory, ready to predict, export or merge. The model's own code runs only with
     ``trust_remote_code``; a run that has not finished (no results.json) is refused unless ``allow_unfinished``
     (then its model after the last trained phase is used)."""
-    from .train.checkpoint import RunDir
-    from .train.loop import load_final_runner
+    from .train.assemble import load_final_runner
 
     run_dir = RunDir(run_dir)
     if not run_dir.results_path.exists() and not allow_unfinished:
@@ -218,7 +258,7 @@ def export_run(run: LoadedRun, out: str | Path, fmt: str = "peft") -> dict[str, 
         state.update({f"{n}.{k}": p for n, b in banks.items() for k, p in b.named_parameters()
                       if k.startswith("lora_")})
         save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp / "banks.safetensors"))
-        shutil.copy(run.path / "config.yaml", tmp / "config.yaml")
+        shutil.copy(RunDir(run.path).config_path, tmp / "config.yaml")
         summary["own_format"] = "banks.safetensors"
         summary["note"] = (f"{run.config.method} mixes its LoRAs input-dependently, which a static peft adapter "
                            f"cannot express: banks.safetensors + config.yaml hold the LoRA banks and the selector in "

@@ -5,6 +5,7 @@ import argparse
 import dataclasses
 import errno
 import json
+import logging
 import sys
 import typing
 from pathlib import Path
@@ -46,10 +47,18 @@ RUN_OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("weight_decay", dict(type=float)),
     ("max_grad_norm", dict(type=float)),
     ("eval_all_tasks", dict(action=argparse.BooleanOptionalAction, help="also evaluate tasks not trained yet")),
+    ("eval_every", dict(type=int, help="evaluate after every K-th phase and the last (default 1); the other matrix "
+                                       "rows stay null, and metrics that need them are null (results.json "
+                                       "metrics_notes)")),
+    ("eval_final_only", dict(action=argparse.BooleanOptionalAction,
+                             help="evaluate after the last phase only (the final row: AP)")),
     ("single_task_from", dict(help="run dir of a `single` run whose scores are the FWT reference")),
     ("unseen_tasks", dict(nargs="+", help="tasks never trained on, evaluated zero-shot after the stream and on the "
                                           "base model: NAME (same benchmark) or BENCHMARK:NAME")),
-    ("report_to", dict(help="none (default) | tensorboard | wandb: loss, lr, per-task scores, CL metrics")),
+    ("report_to", dict(help="none (default) | tensorboard | wandb: configuration, loss, lr, per-task scores, CL "
+                            "metrics (pip install 'continual-lm[wandb]' for wandb)")),
+    ("tracker_project", dict(help="the trackers' project (default continual_lm)")),
+    ("tracker_run_name", dict(help="the run's name in the trackers (default: the run directory's name)")),
     ("general_tasks", dict(nargs="+", help="lm-eval tasks (hellaswag, winogrande, arc_challenge, or local ones from "
                                            "--general-task-dir) scored on the base model and the final model; "
                                            "needs pip install 'continual-lm[general]'")),
@@ -61,7 +70,8 @@ RUN_OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("keep_checkpoints", dict(help="all (default): every phase's checkpoint (each refers to the tensors earlier ones "
                                    "stored) | last: only the latest, pruned once the next phase is evaluated")),
     ("trust_remote_code", dict(action=argparse.BooleanOptionalAction, help="only for models you trust")),
-    ("progress", dict(action=argparse.BooleanOptionalAction, help="progress bars (default on)")),
+    ("progress", dict(action=argparse.BooleanOptionalAction, help="progress bars (default on); one log line per "
+                                                                  "phase is printed either way")),
 ]
 LORA_OPTIONS = [("r", int), ("alpha", float), ("dropout", float)]
 
@@ -198,8 +208,8 @@ def _sweep(config, orders: list, seeds: list[int], args) -> int:
     from .eval.aggregate import aggregate_markdown
     from .eval.report import comparison_markdown
     from .train.assemble import prepare_run, resolve_config, same_configuration
+    from .data.stream import load_stream_for
     from .train.checkpoint import RunDir, sweep_contents
-    from .train.loop import load_stream_for
 
     parent = Path(args.output_dir or f"runs/sweep-{config.benchmark}-{config.method}").absolute()
     children = []
@@ -376,7 +386,7 @@ def cmd_analyze(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .version import __version__
 
     parser = argparse.ArgumentParser(prog="continual-lm", description="Continual learning of language models "
                                      "with parameter-efficient fine-tuning.")
@@ -441,9 +451,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time (a test or notebook may replace it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+def show_progress_log() -> None:
+    """Print the "continual_lm" logger's INFO lines (one per phase and per run: callbacks/progress.py) to stderr."""
+    logger = logging.getLogger("continual_lm")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("[continual_lm] %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    show_progress_log()
     try:
         return args.func(args)
     except ContinualLMError as err:

@@ -70,9 +70,13 @@ class RunConfig:
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     # evaluation and references
     eval_all_tasks: bool = False
+    eval_every: int = 1  # evaluate every K-th phase (and always the last); the other matrix rows stay null
+    eval_final_only: bool = False  # evaluate the last phase only (the final row)
     single_task_from: str | None = None  # run dir of a `single` run, for FWT
     unseen_tasks: list[str] | None = None  # evaluated zero-shot after the stream (and on the base model); never trained
     report_to: str = "none"  # none | tensorboard | wandb (accelerate trackers)
+    tracker_project: str | None = None  # the trackers' project (None = "continual_lm")
+    tracker_run_name: str | None = None  # the run's name in the trackers (None = the run directory's name)
     general_tasks: list[str] | None = None  # lm-eval tasks scored on the base model before and the final model after
     general_task_dir: str | None = None  # folder of lm-eval task YAMLs (local tasks) for general_tasks
     general_limit: int | None = None  # examples per general task (lm-eval's limit); None = all
@@ -150,7 +154,8 @@ class RunConfig:
             if value <= 0:
                 raise ContinualLMError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
 
-        for name in ("epochs", "batch_size", "eval_batch_size", "grad_accum", "max_input_length", "max_target_length"):
+        for name in ("epochs", "batch_size", "eval_batch_size", "grad_accum", "max_input_length", "max_target_length",
+                     "eval_every"):
             positive(name)
         for name in ("max_train_per_task", "max_test_per_task", "max_train_per_class", "max_test_per_class",
                      "general_limit"):
@@ -179,11 +184,8 @@ class RunConfig:
         for method, options in self.method_options.items():
             if not isinstance(options, dict):
                 raise ContinualLMError(f"method_options.{method} must map option names to values, got {options!r}")
-        if self.preset is not None:
-            from .presets import preset_names
-
-            if self.preset not in preset_names():
-                raise ContinualLMError(f"--preset: {unknown_choice('preset', self.preset, preset_names())}")
+        if self.preset is not None and not self.preset:
+            raise ContinualLMError("--preset: expected a preset name such as 'paper'")
 
 
 def read_yaml_mapping(path: str | Path) -> dict[str, Any]:

@@ -1,7 +1,10 @@
 """Shared test helpers: a tiny, fast run configuration on the demo stream."""
 import importlib.util
+import sys
 from pathlib import Path
 
+from continual_lm import run
+from continual_lm.callbacks import Callback
 from continual_lm.config import RunConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -12,6 +15,7 @@ def load_script(relative_path: str):
     path = ROOT / relative_path
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # what dataclasses (and pickling) look a class's module up in
     spec.loader.exec_module(module)
     return module
 
@@ -40,47 +44,63 @@ def tiny_config(tmp_path, method="inclora", model="tiny-random-llama", **overrid
     return config
 
 
-def record_after_each_phase(monkeypatch, take=None) -> list:
-    """Record ``take(runner)`` after each phase's training, just before its evaluation (default: a copy of every
-    model parameter). Returns the list the records are appended to."""
-    from continual_lm.train import loop
+class PhaseRecorder(Callback):
+    """A callback recording ``take(run)`` after each phase's training (checkpointed, not yet evaluated); default: a
+    copy of every model parameter. Pass it to ``run(..., callbacks=[recorder])``; read ``recorder.records``."""
 
-    take = take or (lambda runner: {n: p.detach().clone() for n, p in runner.model.named_parameters()})
-    records = []
-    original = loop.ContinualRunner.evaluate_phase
+    def __init__(self, take=None):
+        self.take = take or (lambda run: {n: p.detach().clone() for n, p in run.model.named_parameters()})
+        self.records = []
 
-    def spy(self, phase):
-        records.append(take(self))
-        return original(self, phase)
-
-    monkeypatch.setattr(loop.ContinualRunner, "evaluate_phase", spy)
-    return records
+    def on_train_end(self, run, phase):
+        self.records.append(self.take(run))
 
 
 class Crash(Exception):
     """Raised by a test to simulate a run killed at a chosen point."""
 
 
-def run_crashed_in_first_evaluation_then_resumed(monkeypatch, config_at, where) -> dict:
-    """Run ``config_at(where)`` killed in its first evaluation (phase 0 trained and checkpointed, so the resumed run
-    loads phase 0's state and trains phase 1 itself), then ``--resume`` it; return the resumed results.
+class CrashAt(Callback):
+    """A callback that kills the run (raises Crash) at ``event`` of phase ``row``: "on_train_begin" (before the phase
+    trains), "on_train_end" (trained and checkpointed, not evaluated) or "on_phase_evaluated" (evaluated, not yet
+    recorded in state.json)."""
+
+    def __init__(self, event: str, row: int):
+        self.event, self.row = event, row
+
+    def _at(self, event: str, phase) -> None:
+        if event == self.event and phase.row == self.row:
+            raise Crash()
+
+    def on_train_begin(self, run, phase, steps):
+        self._at("on_train_begin", phase)
+
+    def on_train_end(self, run, phase):
+        self._at("on_train_end", phase)
+
+    def on_phase_evaluated(self, run, phase, evaluation):
+        self._at("on_phase_evaluated", phase)
+
+
+class RunCapture(Callback):
+    """A callback keeping the run object (model, method, state) as it is at the end of the run."""
+
+    def __init__(self):
+        self.run = None
+
+    def on_run_end(self, run, results):
+        self.run = run
+
+
+def run_crashed_in_first_evaluation_then_resumed(config_at, where) -> dict:
+    """Run ``config_at(where)`` killed before its first evaluation (phase 0 trained and checkpointed, so the resumed
+    run loads phase 0's state and trains phase 1 itself), then ``--resume`` it; return the resumed results.
     ``config_at(path)`` builds a fresh config writing to ``path / "run"``."""
     import pytest
 
-    from continual_lm.train import loop
-
-    original = loop.ContinualRunner.evaluate_phase
-
-    def crashing(self, phase):
-        if phase.row == 0:
-            raise Crash()
-        return original(self, phase)
-
-    monkeypatch.setattr(loop.ContinualRunner, "evaluate_phase", crashing)
     with pytest.raises(Crash):
-        loop.run(config_at(where))
-    monkeypatch.undo()
-    return loop.run(config_at(where), output_dir=where / "run", resume=True)
+        run(config_at(where), callbacks=[CrashAt("on_train_end", 0)])
+    return run(config_at(where), output_dir=where / "run", resume=True)
 
 
 def set_up_method(tmp_path, method: str, tasks: list[str], model="tiny-random-llama", before_tasks=0,
@@ -94,7 +114,7 @@ def set_up_method(tmp_path, method: str, tasks: list[str], model="tiny-random-ll
     from continual_lm.data.collate import Collator
     from continual_lm.methods.base import RunContext, build_method
     from continual_lm.models.backbone import load_backbone
-    from continual_lm.train.loop import load_stream_for
+    from continual_lm.data.stream import load_stream_for
 
     config = tiny_config(tmp_path, method=method, model=model, tasks=tasks,
                          method_options={method: options} if options else {})

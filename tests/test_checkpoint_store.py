@@ -10,11 +10,10 @@ from safetensors.torch import save_file
 
 from continual_lm.errors import ContinualLMError
 from continual_lm.io_utils import sha256_file
-from continual_lm.train import loop
 from continual_lm.train.checkpoint import RunDir
-from continual_lm.train.loop import run
+from continual_lm import run
 
-from helpers import record_after_each_phase, skip_report_and_gc, tiny_config
+from helpers import Crash, CrashAt, PhaseRecorder, skip_report_and_gc, tiny_config
 
 FOUR = ["sentiment", "animal_class", "reverse", "number_sign"]
 
@@ -30,10 +29,9 @@ def inclora_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("inclora")
     with pytest.MonkeyPatch.context() as patch:
         skip_report_and_gc(patch)
-        records = record_after_each_phase(
-            patch, take=lambda runner: {n: p.detach().clone() for n, p in runner.trainable_state().items()})
-        results = run(_config(tmp))
-    return tmp / "run", results, records
+        recorder = PhaseRecorder(take=lambda run: {n: p.detach().clone() for n, p in run.trainable_state().items()})
+        results = run(_config(tmp), callbacks=[recorder])
+    return tmp / "run", results, recorder.records
 
 
 def _blobs_referenced(out) -> set:
@@ -114,10 +112,6 @@ def test_a_checkpoint_of_the_first_format_still_loads_and_is_verified(tmp_path):
         RunDir(tmp_path / "bad").load_checkpoint(0)
 
 
-class Crash(Exception):
-    pass
-
-
 def test_last_mode_resumes_after_a_kill_during_evaluation_and_keeps_what_it_needs(inclora_run, tmp_path,
                                                                                   monkeypatch):
     """--keep-checkpoints last: killed while evaluating phase 1 (phase 1 trained and checkpointed), the resumed run
@@ -125,17 +119,8 @@ def test_last_mode_resumes_after_a_kill_during_evaluation_and_keeps_what_it_need
     exactly the blobs it refers to."""
     _, reference, records = inclora_run
     skip_report_and_gc(monkeypatch)
-    original = loop.ContinualRunner.evaluate_phase
-
-    def crashing(self, phase):
-        if phase.row == 1:
-            raise Crash()
-        return original(self, phase)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(loop.ContinualRunner, "evaluate_phase", crashing)
-        with pytest.raises(Crash):
-            run(_config(tmp_path, keep_checkpoints="last"))
+    with pytest.raises(Crash):
+        run(_config(tmp_path, keep_checkpoints="last"), callbacks=[CrashAt("on_train_end", 1)])
     out = tmp_path / "run"
     resumed = run(_config(tmp_path, keep_checkpoints="last"), output_dir=out, resume=True)
     assert resumed["matrix"] == reference["matrix"] and resumed["metrics"] == reference["metrics"]

@@ -68,7 +68,7 @@ def test_must_show_superni_order1_tiny_t5(shared_data, tmp_path):
 
 
 def test_report_compares_runs_and_draws_a_chart(tmp_path, capsys):
-    from continual_lm.train.loop import run
+    from continual_lm import run
     from helpers import tiny_config
 
     run(tiny_config(tmp_path / "a", method="seqlora"))

@@ -8,14 +8,14 @@ import torch
 
 from continual_lm.config import RunConfig
 from continual_lm.data.collate import Collator
-from continual_lm.data.corpus import IGNORE, causal_lm_labels, corpus_blocks, mask_tokens
+from continual_lm.data.corpus import IGNORE, corpus_blocks, mask_tokens
 from continual_lm.data.formats import read_custom_stream
 from continual_lm.data.tasks import CORPUS, Example, Task
 from continual_lm.errors import ContinualLMError
 from continual_lm.eval.cl_metrics import cl_metrics
 from continual_lm.models.backbone import default_lora_targets, is_encoder_only, load_backbone
 from continual_lm.train.end_task import end_task_scores, macro_f1
-from continual_lm.train.loop import run
+from continual_lm import run
 
 from helpers import load_script, run_crashed_in_first_evaluation_then_resumed, tiny_config, checkpoint_tensors
 from test_loop import check_contract
@@ -63,13 +63,6 @@ def test_mlm_rejects_a_probability_outside_0_1():
     ids, mask = padded_batch([5])
     with pytest.raises(ContinualLMError, match="probability"):
         mask_tokens(ids, mask, mask_token_id=MASK, vocab_size=200, probability=1.5)
-
-
-def test_causal_lm_labels_ignore_padding():
-    ids, mask = padded_batch([5, 3], width=6)
-    labels = causal_lm_labels(ids, mask)
-    assert labels[0, :5].tolist() == ids[0, :5].tolist() and labels[0, 5] == IGNORE
-    assert labels[1, 3:].tolist() == [IGNORE] * 3
 
 
 def test_corpus_blocks_concatenate_documents_with_eos():
@@ -181,7 +174,8 @@ def test_collator_gives_decoders_causal_lm_labels_on_corpus_blocks():
     items = [collator.encode_train(corpus_task(), Example(text, ""), 0) for text in ["a" * 40, "bb"]]
     batch = collator.train_batch(items)
     assert batch["input_ids"].shape == (2, 16)  # truncated to max_input_length
-    assert torch.equal(batch["labels"], causal_lm_labels(batch["input_ids"], batch["attention_mask"]))
+    # the causal LM loss learns every real token; padding is ignored
+    assert torch.equal(batch["labels"], batch["input_ids"].masked_fill(batch["attention_mask"] == 0, IGNORE))
     assert (batch["labels"][1, 2:] == IGNORE).all()
 
 
@@ -237,7 +231,7 @@ def test_continual_pretraining_run_writes_valid_results_and_resumes_to_the_same(
                                          "macro_f1": reference["matrix_macro_f1"][1][0]}
 
     resumed = run_crashed_in_first_evaluation_then_resumed(
-        monkeypatch, lambda where: corpus_config(where, stream, model, method), tmp_path / "b")
+        lambda where: corpus_config(where, stream, model, method), tmp_path / "b")
     for key in ("matrix", "matrix_macro_f1", "metrics", "metrics_macro_f1"):
         assert resumed[key] == reference[key]
     weights = [checkpoint_tensors(tmp_path / name / "run", 1)

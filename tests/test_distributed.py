@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from continual_lm.train.loop import run
+from continual_lm import run
 
 from helpers import checkpoint_method_tensors, checkpoint_tensors, tiny_config
 
@@ -85,7 +85,7 @@ import torch
 from accelerate import Accelerator
 from continual_lm.data.collate import Collator
 from continual_lm.data.tasks import Task
-from continual_lm.eval.generate import predict_texts
+from continual_lm.eval.generate import predict_requests
 from continual_lm.models.backbone import build_byte_tokenizer
 
 class Echo:  # "generates" its prompt back, so every prediction names its input
@@ -97,7 +97,8 @@ accelerator = Accelerator(cpu=True)
 collator = Collator(build_byte_tokenizer(with_bos=False), True, 64, 8, False)
 task = Task(name="t", kind="generation", metric="rougeL", instruction="", train=[], test=[])
 inputs = [f"item{i} " + "x" * (7 - i) for i in range(7)]  # uneven: 4 on rank 0, 3 on rank 1; varied lengths
-preds = predict_texts(torch.nn.Linear(1, 1), Echo(), collator, task, 0, inputs, 2, accelerator, progress=False)
+preds = predict_requests(torch.nn.Linear(1, 1), Echo(), collator, [(task, 0, text) for text in inputs], 2, accelerator,
+                        progress=False)
 with open(f"gathered_{accelerator.process_index}.json", "w") as f:  # one file per rank: a shared stdout interleaves
     json.dump({"world": accelerator.num_processes, "preds": preds}, f)
 '''

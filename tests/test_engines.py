@@ -172,7 +172,7 @@ def test_a_run_trained_under_deepspeed_resumes_on_one_process(engine_runs, tmp_p
     2-process ZeRO-2 amlora+ewc run, resumed by one process that trains phase 1, ends like the 1-process run."""
     import shutil
 
-    from continual_lm.train.loop import run
+    from continual_lm import run
 
     outputs, references, tmp = engine_runs
     resumed = tmp_path / "resumed"

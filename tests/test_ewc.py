@@ -3,13 +3,13 @@ and its gradient pulls back toward theta*, online accumulation, and the state su
 import pytest
 import torch
 
+from continual_lm import run
 from continual_lm.errors import ContinualLMError
 from continual_lm.methods.base import build_method
 from continual_lm.methods.ewc import EWC
 from continual_lm.methods.registry import split_method_spec
-from continual_lm.train import loop
 
-from helpers import tiny_config
+from helpers import PhaseRecorder, tiny_config
 
 TASKS = ["sentiment", "animal_class"]
 
@@ -17,26 +17,24 @@ TASKS = ["sentiment", "animal_class"]
 def run_ewc(tmp_path, monkeypatch, base, **options):
     """A 2-task run of BASE+ewc; returns (runner, training flags seen while the Fisher was computed, Fisher
     snapshots after each phase)."""
-    modes, snapshots, runners = [], [], []
+    modes, runners = [], []
     original_ll = EWC.target_log_likelihood
 
     def recording_ll(model, batch):
         modes.append(model.training)
         return original_ll(model, batch)
 
-    original_eval = loop.ContinualRunner.evaluate_phase
+    def take(run):
+        runners.append(run)
+        return {n: f.clone() for n, f in ewc_part(run.method).fisher.items()}
 
-    def spy_eval(self, phase):
-        snapshots.append({n: f.clone() for n, f in ewc_part(self.method).fisher.items()})
-        runners.append(self)
-        return original_eval(self, phase)
-
+    recorder = PhaseRecorder(take)
     monkeypatch.setattr(EWC, "target_log_likelihood", staticmethod(recording_ll))
-    monkeypatch.setattr(loop.ContinualRunner, "evaluate_phase", spy_eval)
     lr = 1e-4 if base == "seqft" else 5e-3
-    loop.run(tiny_config(tmp_path, f"{base}+ewc", tasks=TASKS, lr=lr, method_options={"ewc": options}))
+    run(tiny_config(tmp_path, f"{base}+ewc", tasks=TASKS, lr=lr, method_options={"ewc": options}),
+        callbacks=[recorder])
     monkeypatch.undo()
-    return runners[-1], modes, snapshots
+    return runners[-1], modes, recorder.records
 
 
 def ewc_part(method):

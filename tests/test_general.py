@@ -83,7 +83,7 @@ def test_a_run_measures_the_base_model_before_and_the_final_model_after(tmp_path
     from continual_lm.eval import general
     from continual_lm.eval.general import evaluate_general
     from continual_lm.models.backbone import load_backbone
-    from continual_lm.train.loop import run
+    from continual_lm import run
 
     write_colour_task(tmp_path / "tasks")
     config = tiny_config(tmp_path, method="seqlora", general_tasks=["colour_mc"],
@@ -95,7 +95,7 @@ def test_a_run_measures_the_base_model_before_and_the_final_model_after(tmp_path
     assert general_key == results["general"]
     assert general_key["tasks"] == ["colour_mc"] and general_key["metric"] == "acc"
     assert set(general_key["before"]) == set(general_key["after"]) == {"colour_mc"}
-    assert json.loads((out / "state.json").read_text())["general"] == general_key  # stored once for resume
+    assert json.loads((out / "state.json").read_text())["sections"]["general"] == general_key  # kept for resume
     assert "## General abilities" in (out / "report.md").read_text()
 
     # "before" is the base model (the LoRAs start at zero); general_limit caps the examples (6 of 8: k/6 scores)

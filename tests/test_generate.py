@@ -3,9 +3,9 @@ import torch
 
 from continual_lm.data.collate import Collator
 from continual_lm.data.tasks import CLASSIFICATION, AnswerRule, Example, Task
-from continual_lm.eval.generate import predict_requests, predict_texts
+from continual_lm.eval.generate import predict_requests
 from continual_lm.models.backbone import build_byte_tokenizer, load_backbone
-from continual_lm.train.loop import build_runner
+from continual_lm.train.assemble import build_runner
 
 from helpers import tiny_config
 
@@ -53,7 +53,8 @@ def test_task_ids_reach_only_methods_that_declare_them():
     collator = Collator(build_byte_tokenizer(with_bos=False), True, 64, 12, False)
     task = _task("a")
     method = Recorder(uses_task_id_at_test=False)
-    predict_texts(torch.nn.Linear(1, 1), method, collator, task, 0, [e.input for e in task.test], 2, progress=False)
+    requests = [(task, 0, e.input) for e in task.test]
+    predict_requests(torch.nn.Linear(1, 1), method, collator, requests, 2, progress=False)
     assert [c["rows"] for c in method.calls] == [2, 2, 1]
     assert all(c["task_ids"] is None for c in method.calls)
 
@@ -72,8 +73,8 @@ def test_shared_batches_predict_what_one_task_at_a_time_predicts(tmp_path):
     requests = [(t, j, e.input) for j, t in enumerate(tasks) for e in t.test]
     together = predict_requests(runner.model, runner.method, runner.collator, requests, 4, progress=False)
     alone = [p for j, t in enumerate(tasks)
-             for p in predict_texts(runner.model, runner.method, runner.collator, t, j, [e.input for e in t.test], 4,
-                                    progress=False)]
+             for p in predict_requests(runner.model, runner.method, runner.collator, [(t, j, e.input) for e in t.test],
+                                       4, progress=False)]
     assert together == alone
     assert len(set(together)) > len(tasks)  # real, varied generations, not one constant string
 

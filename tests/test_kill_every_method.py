@@ -14,7 +14,7 @@ import torch
 
 from continual_lm.methods.registry import METHODS, method_class
 from continual_lm.train.checkpoint import RunDir
-from continual_lm.train.loop import run
+from continual_lm import run
 
 from helpers import tiny_config
 

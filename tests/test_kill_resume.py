@@ -29,7 +29,7 @@ import yaml
 from continual_lm.config import RunConfig
 from continual_lm.errors import ContinualLMError
 from continual_lm.train.checkpoint import RunDir
-from continual_lm.train.loop import run
+from continual_lm import run
 
 from helpers import tiny_config
 

@@ -12,7 +12,7 @@ from continual_lm.methods import l2p as l2p_module
 from continual_lm.methods import progprompt as progprompt_module
 from continual_lm.methods.base import TrainExample, build_method
 from continual_lm.models.backbone import load_backbone
-from continual_lm.train.loop import run
+from continual_lm import run
 
 from helpers import (NoTaskIds, run_crashed_in_first_evaluation_then_resumed, tiny_config, set_up_method,
                      checkpoint_tensors)
@@ -187,7 +187,7 @@ def test_end_to_end_frozen_state_and_resume(tmp_path, monkeypatch, method, model
         assert "l2p_selection_heatmap.png" in (out / "report.md").read_text()
 
     resumed = run_crashed_in_first_evaluation_then_resumed(
-        monkeypatch, lambda where: _config(where, method, model, options), tmp_path / "b")
+        lambda where: _config(where, method, model, options), tmp_path / "b")
     assert resumed["matrix"] == reference["matrix"] and resumed["metrics"] == reference["metrics"]
     predictions = "predictions/after_phase_01.json"
     assert (tmp_path / "b" / "run" / predictions).read_text() == (out / predictions).read_text()

@@ -14,7 +14,8 @@ from continual_lm.methods.epi import TASK_ID_JSON, MahalanobisSelector
 from continual_lm.methods.lfpt5 import ANSWER_MARKER, generator_marker
 from continual_lm.models.backbone import load_backbone
 from continual_lm.train import loop
-from continual_lm.train.loop import load_stream_for, run
+from continual_lm import run
+from continual_lm.data.stream import load_stream_for
 
 from helpers import (run_crashed_in_first_evaluation_then_resumed, tiny_config, set_up_method, checkpoint_tensors,
                      checkpoint_method_tensors)
@@ -69,7 +70,7 @@ def test_mahalanobis_selector_picks_the_planted_task_where_euclidean_fails():
 
 
 def _resume_matches(tmp_path, monkeypatch, make_config, reference):
-    resumed = run_crashed_in_first_evaluation_then_resumed(monkeypatch, make_config, tmp_path / "b")
+    resumed = run_crashed_in_first_evaluation_then_resumed(make_config, tmp_path / "b")
     assert resumed["matrix"] == reference["matrix"] and resumed["metrics"] == reference["metrics"]
     return tmp_path / "b" / "run"
 

@@ -9,7 +9,7 @@ from continual_lm.models.inject import inject_lora_banks
 from continual_lm.models.lm_forward import answer_columns, lm_forward
 from continual_lm.models.prompt_bank import PromptBank, prepend_prompt, prompt_forward
 
-from helpers import record_after_each_phase, tiny_config
+from helpers import PhaseRecorder, tiny_config
 
 
 def demo_batch(backbone, rows=6):
@@ -108,14 +108,13 @@ def test_a_batch_without_answers_falls_back_to_the_model_loss():
 def test_a_run_trains_the_same_weights_as_with_the_full_logits_loss(tmp_path, monkeypatch, method):
     """The whole loop, once with lm_forward and once with the model's own loss: the same weights after each phase."""
     from continual_lm.models import lm_forward as module
-    from continual_lm.train.loop import run
+    from continual_lm import run
 
     def trained(tag):
-        records = record_after_each_phase(monkeypatch)
+        recorder = PhaseRecorder()
         config = tiny_config(tmp_path, method=method, output_dir=str(tmp_path / tag), max_train_per_task=6)
-        run(config, output_dir=tmp_path / tag)
-        monkeypatch.undo()
-        return records
+        run(config, output_dir=tmp_path / tag, callbacks=[recorder])
+        return recorder.records
 
     kept = trained("kept")
     monkeypatch.setattr(module, "keeps_answer_logits", lambda model_class: False)

@@ -6,9 +6,9 @@ import pytest
 from continual_lm.errors import ContinualLMError
 from continual_lm.eval.cl_metrics import cl_metrics
 from continual_lm.train import loop
-from continual_lm.train.loop import run
+from continual_lm import run
 
-from helpers import tiny_config
+from helpers import Crash, CrashAt, tiny_config
 
 CONTRACT_KEYS = {"benchmark", "order", "method", "model", "seed", "tasks", "metric_per_task", "matrix",
                  "single_task", "metrics", "timing", "versions"}
@@ -53,22 +53,9 @@ def test_existing_output_dir_needs_resume_or_overwrite(tmp_path):
         run(tiny_config(tmp_path))
 
 
-class Crash(Exception):
-    pass
-
-
 @pytest.mark.parametrize("crash_at", ["after_checkpoint", "during_eval"])
 def test_resume_after_a_crash_gives_the_same_results(tmp_path, monkeypatch, crash_at):
     reference = run(tiny_config(tmp_path / "a", method="seqlora"))
-
-    calls = {"n": 0}
-    original_eval = loop.ContinualRunner.evaluate_phase
-
-    def crashing_eval(self, phase):
-        calls["n"] += 1
-        if phase.row == 2 and crash_at == "during_eval":
-            raise Crash()
-        return original_eval(self, phase)
 
     original_save = loop.RunDir.save_checkpoint
 
@@ -78,11 +65,10 @@ def test_resume_after_a_crash_gives_the_same_results(tmp_path, monkeypatch, cras
             raise Crash()
         return path
 
-    monkeypatch.setattr(loop.ContinualRunner, "evaluate_phase", crashing_eval)
     monkeypatch.setattr(loop.RunDir, "save_checkpoint", crashing_save)
     config = tiny_config(tmp_path / "b", method="seqlora")
-    with pytest.raises(Crash):
-        run(config)
+    with pytest.raises(Crash):  # during_eval: phase 2 evaluated, before state.json records it
+        run(config, callbacks=[CrashAt("on_phase_evaluated", 2)] if crash_at == "during_eval" else [])
     monkeypatch.undo()
     resumed = run(tiny_config(tmp_path / "b", method="seqlora"), output_dir=tmp_path / "b" / "run", resume=True)
     assert resumed["matrix"] == reference["matrix"]

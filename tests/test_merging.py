@@ -9,9 +9,9 @@ from continual_lm.methods import merging
 from continual_lm.methods.base import Method
 from continual_lm.methods.registry import method_class, split_method_spec
 from continual_lm.models.backbone import load_backbone
-from continual_lm.train.loop import run
+from continual_lm import run
 
-from helpers import record_after_each_phase, run_crashed_in_first_evaluation_then_resumed, tiny_config
+from helpers import PhaseRecorder, run_crashed_in_first_evaluation_then_resumed, tiny_config
 
 TASKS = ["sentiment", "animal_class", "reverse"]
 
@@ -97,10 +97,11 @@ def _run_recording_evaluation(tmp_path, method, **kw):
         return original(self, model, batch, max_new_tokens)
 
     with pytest.MonkeyPatch.context() as patch:
-        snapshots = record_after_each_phase(patch)
+        recorder = PhaseRecorder()
         patch.setattr(Method, "generate", spy)
-        results = run(tiny_config(tmp_path, method, tasks=TASKS, max_test_per_task=2, **kw), backbone=backbone)
-    return backbone, results, snapshots, seen
+        results = run(tiny_config(tmp_path, method, tasks=TASKS, max_test_per_task=2, **kw), backbone=backbone,
+                      callbacks=[recorder])
+    return backbone, results, recorder.records, seen
 
 
 def test_merge_ta_run_evaluates_base_plus_the_mean_of_the_independent_task_deltas(tmp_path, monkeypatch):
@@ -163,7 +164,7 @@ def test_merge_dare_resumes_to_the_same_results(tmp_path, monkeypatch):
                            method_options={"merge-dare": {"drop_rate": 0.5}})
 
     whole = run(config_at(tmp_path / "whole"))
-    resumed = run_crashed_in_first_evaluation_then_resumed(monkeypatch, config_at, tmp_path / "resumed")
+    resumed = run_crashed_in_first_evaluation_then_resumed(config_at, tmp_path / "resumed")
     assert resumed["matrix"] == whole["matrix"]
     whole_run, resumed_run = (continual_lm.load_run(tmp_path / d / "run").method for d in ("whole", "resumed"))
     assert whole_run.num_task_vectors == resumed_run.num_task_vectors == 2

@@ -8,18 +8,17 @@ from continual_lm.methods.registry import split_method_spec
 from continual_lm.errors import ContinualLMError
 from continual_lm.models.backbone import load_backbone
 from continual_lm.models.inject import find_lora_banks
-from continual_lm.train.loop import run
+from continual_lm import run
 
-from helpers import record_after_each_phase, tiny_config
+from helpers import PhaseRecorder, tiny_config
 
 
 def _run_with(tmp_path, method, **kw):
     backbone = load_backbone("tiny-random-llama", seed=3)
     base = {n: p.detach().clone() for n, p in backbone.model.named_parameters()}
-    with pytest.MonkeyPatch.context() as patch:
-        snapshots = record_after_each_phase(patch)  # every parameter after each phase's training
-        results = run(tiny_config(tmp_path, method, **kw), backbone=backbone)
-    return backbone, base, snapshots, results
+    recorder = PhaseRecorder()  # every parameter after each phase's training
+    results = run(tiny_config(tmp_path, method, **kw), backbone=backbone, callbacks=[recorder])
+    return backbone, base, recorder.records, results
 
 
 def test_inclora_freezes_earlier_loras_and_the_base(tmp_path):

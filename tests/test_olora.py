@@ -3,14 +3,14 @@ import pytest
 import torch
 from torch import nn
 
+from continual_lm import run
 from continual_lm.errors import ContinualLMError
 from continual_lm.methods.base import build_method
 from continual_lm.methods.olora import new_lora_norm, orthogonality_loss
 from continual_lm.models.lora_bank import LoRABank
 from continual_lm.models.inject import find_lora_banks
-from continual_lm.train import loop
 
-from helpers import record_after_each_phase, tiny_config
+from helpers import PhaseRecorder, tiny_config
 
 TASKS = ["sentiment", "animal_class", "reverse"]
 
@@ -74,9 +74,10 @@ def test_olora_run_freezes_earlier_loras_and_adds_the_loss(tmp_path, monkeypatch
         return loss
 
     monkeypatch.setattr(OLoRA, "extra_loss", recording_extra)
-    snapshots = record_after_each_phase(monkeypatch)
+    recorder = PhaseRecorder()
+    snapshots = recorder.records
     backbone = load_backbone("tiny-random-llama", seed=3)
-    results = loop.run(tiny_config(tmp_path, "olora", tasks=TASKS), backbone=backbone)
+    results = run(tiny_config(tmp_path, "olora", tasks=TASKS), backbone=backbone, callbacks=[recorder])
     assert all(bank.num_loras == 3 for bank in find_lora_banks(backbone.model).values())
     assert results["method"] == "olora" and len(snapshots) == 3
     assert all(loss is None for n, loss in losses if n == 1)  # task 1: no earlier LoRA

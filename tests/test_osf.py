@@ -7,9 +7,9 @@ from continual_lm.methods.osf import OSF, preserved_rank
 from continual_lm.methods.registry import split_method_spec
 from continual_lm.models.backbone import load_backbone
 from continual_lm.train.checkpoint import RunDir
-from continual_lm.train.loop import run
+from continual_lm import run
 
-from helpers import record_after_each_phase, run_crashed_in_first_evaluation_then_resumed, tiny_config
+from helpers import PhaseRecorder, run_crashed_in_first_evaluation_then_resumed, tiny_config
 
 TASKS = ["sentiment", "animal_class", "reverse"]
 TARGETS = [f"model.layers.{i}.{m}.weight" for i in (0, 1)
@@ -24,10 +24,9 @@ def _config(where, tasks=TASKS, **options):
 def _run(tmp_path, tasks=TASKS, **options):
     backbone = load_backbone("tiny-random-llama", seed=3)
     base = {n: p.detach().clone() for n, p in backbone.model.named_parameters()}
-    with pytest.MonkeyPatch.context() as patch:
-        snaps = record_after_each_phase(patch)
-        results = run(_config(tmp_path, tasks, **options), backbone=backbone)
-    return base, snaps, results
+    recorder = PhaseRecorder()
+    results = run(_config(tmp_path, tasks, **options), backbone=backbone, callbacks=[recorder])
+    return base, recorder.records, results
 
 
 def _leak(before: torch.Tensor, after: torch.Tensor, k: int) -> float:
@@ -81,7 +80,7 @@ def test_osf_resumes_to_the_same_results(tmp_path, monkeypatch):
         return _config(where, TASKS[:2])
 
     whole = run(config_at(tmp_path / "whole"))
-    resumed = run_crashed_in_first_evaluation_then_resumed(monkeypatch, config_at, tmp_path / "resumed")
+    resumed = run_crashed_in_first_evaluation_then_resumed(config_at, tmp_path / "resumed")
     assert resumed["matrix"] == whole["matrix"]
     (a, _, meta_a), (b, _, meta_b) = (RunDir(tmp_path / d / "run").load_checkpoint(1) for d in ("whole", "resumed"))
     assert sorted(a) == sorted(TARGETS) and meta_a == meta_b  # the merged target weights, nothing of peft's

@@ -8,7 +8,7 @@ from continual_lm.cli import main
 from continual_lm.errors import ContinualLMError
 from continual_lm.models.backbone import load_backbone
 from continual_lm.plan import BYTES, activation_bytes, load_config, plan
-from continual_lm.train.loop import run
+from continual_lm import run
 
 from helpers import tiny_config, checkpoint_tensors
 

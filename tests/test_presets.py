@@ -11,7 +11,7 @@ from continual_lm.config import RunConfig
 from continual_lm.errors import ContinualLMError
 from continual_lm.methods.registry import METHODS
 from continual_lm.presets import load_preset, preset_methods, preset_names, resolve_preset
-from continual_lm.train.loop import run
+from continual_lm import run
 
 from helpers import run_crashed_in_first_evaluation_then_resumed, tiny_config
 
@@ -110,7 +110,7 @@ def test_point_10_baseline_presets_match_the_compared_setups():
 
 def test_unknown_preset_and_missing_method_file_are_clear_errors(monkeypatch, tmp_path):
     with pytest.raises(ContinualLMError, match="--preset: unknown preset 'papr'.*paper"):
-        RunConfig.from_dict({"preset": "papr"})
+        resolve_preset(RunConfig.from_dict({"preset": "papr"}), "llama")
     folder = tmp_path / "presets"
     shutil.copytree(presets.PRESET_ROOT / "paper", folder / "paper")
     (folder / "paper" / "ewc.yaml").unlink()
@@ -130,7 +130,7 @@ def test_a_preset_run_records_every_option_the_lr_used_and_the_preset(tmp_path, 
                            max_train_per_task=4, max_test_per_task=2)
 
     # killed after phase 0, then resumed: the resumed run reads its resolved config.yaml and keeps the record
-    results = run_crashed_in_first_evaluation_then_resumed(monkeypatch, config_at, tmp_path)
+    results = run_crashed_in_first_evaluation_then_resumed(config_at, tmp_path)
     out = tmp_path / "run"
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["preset"] == "paper" and saved["lr"] == 1e-4  # the paper's lr, not our 1e-3 default

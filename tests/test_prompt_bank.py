@@ -25,8 +25,6 @@ def test_prompts_start_from_vocabulary_embeddings_and_combine(backbone):
     mixed = bank.weighted(weights)
     assert torch.equal(mixed[0], bank.prompts[0])
     assert torch.allclose(mixed[1], 0.25 * bank.prompts[0] + 0.25 * bank.prompts[1] + 0.5 * bank.prompts[2])
-    assert torch.equal(bank.concatenated([2, 0]), torch.cat([bank.prompts[2], bank.prompts[0]]))
-    assert bank.concatenated().shape == (15, bank.hidden_size)
     gathered = bank.gather(torch.tensor([[1, 2], [0, 0]]))
     assert torch.equal(gathered[0], torch.cat([bank.prompts[1], bank.prompts[2]]))
     bank.remove_last()

@@ -6,6 +6,7 @@ import pytest
 import torch
 import yaml
 
+from continual_lm.callbacks import Callback
 from continual_lm.cli import main
 from continual_lm.config import RunConfig
 from continual_lm.errors import ContinualLMError
@@ -13,9 +14,9 @@ from continual_lm.eval.report import comparison_markdown
 from continual_lm.methods.base import build_method, protocol
 from continual_lm.methods.registry import METHODS
 from continual_lm.train import loop
-from continual_lm.train.loop import run
+from continual_lm import run
 
-from helpers import tiny_config
+from helpers import PhaseRecorder, tiny_config
 
 TASKS = ["sentiment", "reverse"]
 # (task id in training, task id at test, replay, pseudo samples); sapt-* are declared by their own module
@@ -49,44 +50,39 @@ def test_every_method_declares_the_kind_of_block_it_trains():
             assert build_method(RunConfig(method=method, method_options={method: {"pet": kind}})).pet_kind == kind
 
 
-def _single_run(tmp_path, pet, **overrides):
+def _single_run(tmp_path, pet, callbacks=(), **overrides):
     config = tiny_config(tmp_path, method="single", tasks=TASKS, max_train_per_task=4, max_test_per_task=2,
                          method_options={"single": {"pet": pet, "prompt_length": 3}}, **overrides)
-    return run(config)
+    return run(config, callbacks=callbacks)
 
 
-def test_single_trains_a_fresh_soft_prompt_per_task_with_the_backbone_frozen(tmp_path, monkeypatch):
-    seen = []
-    original = loop.ContinualRunner.evaluate_phase
-
-    def spy(self, phase):
-        trainable = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
-        seen.append((trainable, {n: p.detach().clone() for n, p in self.model.named_parameters()
-                                 if not p.requires_grad}))
-        return original(self, phase)
-
-    monkeypatch.setattr(loop.ContinualRunner, "evaluate_phase", spy)
-    results = _single_run(tmp_path, "prompt")
+def test_single_trains_a_fresh_soft_prompt_per_task_with_the_backbone_frozen(tmp_path):
+    recorder = PhaseRecorder(take=lambda run: (
+        {n: p.detach().clone() for n, p in run.model.named_parameters() if p.requires_grad},
+        {n: p.detach().clone() for n, p in run.model.named_parameters() if not p.requires_grad}))
+    results = _single_run(tmp_path, "prompt", callbacks=[recorder])
     assert results["pet_kind"] == "prompt" and results["protocol"]["task_id_at_test"]
-    (trained_0, frozen_0), (trained_1, frozen_1) = seen
+    (trained_0, frozen_0), (trained_1, frozen_1) = recorder.records
     assert list(trained_0) == ["reference_prompt.prompts.0"] and trained_0["reference_prompt.prompts.0"].shape[0] == 3
     assert all(torch.equal(frozen_0[n], frozen_1[n]) for n in frozen_0)  # the backbone never moves
     assert not torch.equal(trained_0["reference_prompt.prompts.0"], trained_1["reference_prompt.prompts.0"])
     assert results["single_task"] == {t: results["matrix"][j][j] for j, t in enumerate(TASKS)}
+    assert results["final_scores"] == results["single_task"]  # the schedule's diagonal
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["lr"] == 5e-3  # tiny_config's lr
 
 
-def test_single_prompt_resets_to_the_same_initial_prompt_for_every_task(tmp_path, monkeypatch):
-    starts = []
-    original = loop.ContinualRunner.train_phase
+class PromptAtTrainingStart(Callback):
+    def __init__(self):
+        self.starts = []
 
-    def spy(self, phase):
-        starts.append(dict(self.model.named_parameters())["reference_prompt.prompts.0"].detach().clone())
-        return original(self, phase)
+    def on_train_begin(self, run, phase, steps):
+        self.starts.append(dict(run.model.named_parameters())["reference_prompt.prompts.0"].detach().clone())
 
-    monkeypatch.setattr(loop.ContinualRunner, "train_phase", spy)
-    _single_run(tmp_path, "prompt")
-    assert torch.equal(starts[0], starts[1])
+
+def test_single_prompt_resets_to_the_same_initial_prompt_for_every_task(tmp_path):
+    spy = PromptAtTrainingStart()
+    _single_run(tmp_path, "prompt", callbacks=[spy])
+    assert torch.equal(spy.starts[0], spy.starts[1])
 
 
 def _fake_single_run(folder, tasks, kind="lora", method="single", record_kind=True):

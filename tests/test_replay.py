@@ -3,13 +3,14 @@ survives a crash + resume (the resumed run ends with the same weights as the uni
 import pytest
 import torch
 
+from continual_lm import run
 from continual_lm.errors import ContinualLMError
 from continual_lm.methods.base import TrainExample, build_method
 from continual_lm.methods.registry import split_method_spec
 from continual_lm.methods.replay import ReplayOptions
 from continual_lm.train import loop
 
-from helpers import tiny_config
+from helpers import RunCapture, tiny_config
 
 TASKS = ["sentiment", "animal_class", "reverse"]
 
@@ -18,19 +19,11 @@ class Crash(Exception):
     pass
 
 
-def run_capturing(monkeypatch, config, **kw):
+def run_capturing(config, **kw):
     """Run, returning (results, runner) with the runner as it was at the end of the run."""
-    runners = []
-    original = loop.ContinualRunner.finish
-
-    def spy(self, state, phases):
-        runners.append(self)
-        return original(self, state, phases)
-
-    monkeypatch.setattr(loop.ContinualRunner, "finish", spy)
-    results = loop.run(config, **kw)
-    monkeypatch.setattr(loop.ContinualRunner, "finish", original)
-    return results, runners[-1]
+    capture = RunCapture()
+    results = run(config, callbacks=[capture], **kw)
+    return results, capture.run
 
 
 def replay_part(method):
@@ -55,7 +48,7 @@ def test_memory_size_options_and_errors(tmp_path):
 
 def test_memory_holds_earlier_real_samples_and_the_loop_consumes_it(tmp_path, monkeypatch):
     config = tiny_config(tmp_path, "seqlora+replay", tasks=TASKS, method_options={"replay": {"count": 3}})
-    results, runner = run_capturing(monkeypatch, config)
+    results, runner = run_capturing(config)
     replay = replay_part(runner.method)
     assert sorted(replay.memory) == [0, 1, 2]
     for t, stored in replay.memory.items():
@@ -71,7 +64,7 @@ def test_memory_holds_earlier_real_samples_and_the_loop_consumes_it(tmp_path, mo
 def test_memory_survives_a_crash_and_the_resumed_run_equals_the_uninterrupted_one(tmp_path, monkeypatch):
     options = {"replay": {"fraction": 0.25}}  # 2 of 8 samples per task
     reference, ref_runner = run_capturing(
-        monkeypatch, tiny_config(tmp_path / "a", "seqlora+replay", tasks=TASKS, method_options=options))
+        tiny_config(tmp_path / "a", "seqlora+replay", tasks=TASKS, method_options=options))
 
     original_save = loop.RunDir.save_checkpoint
 
@@ -84,9 +77,9 @@ def test_memory_survives_a_crash_and_the_resumed_run_equals_the_uninterrupted_on
     monkeypatch.setattr(loop.RunDir, "save_checkpoint", crashing_save)
     config = tiny_config(tmp_path / "b", "seqlora+replay", tasks=TASKS, method_options=options)
     with pytest.raises(Crash):
-        loop.run(config)
+        run(config)
     monkeypatch.setattr(loop.RunDir, "save_checkpoint", original_save)
-    resumed, runner = run_capturing(monkeypatch, config, output_dir=tmp_path / "b" / "run", resume=True)
+    resumed, runner = run_capturing(config, output_dir=tmp_path / "b" / "run", resume=True)
 
     # the crash came before phase 1 was marked trained: phases 1 and 2 train again, phase 1 with task 0's memory
     # restored from the phase 0 checkpoint

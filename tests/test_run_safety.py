@@ -8,6 +8,7 @@ import shutil
 import pytest
 import yaml
 
+from continual_lm import run
 from continual_lm.cli import main
 from continual_lm.errors import ContinualLMError
 from continual_lm.train import loop
@@ -189,13 +190,13 @@ def test_two_runs_started_together_on_a_new_directory_do_not_mix(tmp_path, monke
     def load_backbone(*args, **kwargs):
         if not started:
             started.append(True)
-            loop.run(first)  # run A, from start to end, while run B is being set up
+            run(first)  # run A, from start to end, while run B is being set up
         return original(*args, **kwargs)
 
     monkeypatch.setattr(backbone_module, "load_backbone", load_backbone)
     out = tmp_path / "run"
     with pytest.raises(ContinualLMError, match="another"):
-        loop.run(second)
+        run(second)
     assert started
     assert yaml.safe_load((out / "config.yaml").read_text())["lr"] == first.lr
     assert json.loads((out / "results.json").read_text())["method"] == "inclora"

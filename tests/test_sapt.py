@@ -14,7 +14,7 @@ from continual_lm.errors import ContinualLMError
 from continual_lm.methods.base import TrainExample, build_method
 from continual_lm.methods.sapt import GEN_MARKER, SAPTLoRA, SAPTPrompt, SharedAttention
 from continual_lm.train import loop
-from continual_lm.train.loop import run
+from continual_lm import run
 
 from helpers import (NoTaskIds, run_crashed_in_first_evaluation_then_resumed, tiny_config, set_up_method,
                      checkpoint_tensors)
@@ -389,7 +389,7 @@ def test_end_to_end_frozen_blocks_heatmaps_and_resume(tmp_path, monkeypatch, met
         assert f"sapt_attention_{label}_heatmap.png" in (out / "report.md").read_text()
 
     resumed = run_crashed_in_first_evaluation_then_resumed(
-        monkeypatch, lambda where: _sapt_config(where, method, model, arm), tmp_path / "b")
+        lambda where: _sapt_config(where, method, model, arm), tmp_path / "b")
     assert resumed["matrix"] == reference["matrix"] and resumed["metrics"] == reference["metrics"]
     assert json.loads((tmp_path / "b" / "run" / "sapt_attention.json").read_text()) == heat
     resumed_second = checkpoint_tensors(tmp_path / "b" / "run", 1)

@@ -3,7 +3,7 @@ import pytest
 
 from continual_lm.data import collate
 from continual_lm.errors import ContinualLMError
-from continual_lm.train.loop import run
+from continual_lm import run
 
 from helpers import tiny_config
 
@@ -47,3 +47,61 @@ def test_tensorboard_tracker_logs_loss_scores_and_metrics(tmp_path):
     assert {"train/loss", "train/lr", "cl/AP"} <= tags
     assert {f"eval/{t}" for t in results["tasks"]} <= tags
     assert acc.Scalars("cl/AP")[-1].value == pytest.approx(results["metrics"]["AP"], abs=1e-3)
+
+
+def wandb_records(folder):
+    """The records of an offline W&B run's transaction log (RUN/run-ID.wandb: a LevelDB-style log of protobuf
+    records; header of 7 bytes, then chunks of 32 KiB blocks, each with crc32, length and type)."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    path, = folder.rglob("run-*.wandb")
+    data, position, block, records, pending = path.read_bytes(), 7, 32768, [], b""
+    while position + 7 <= len(data):
+        if block - position % block < 7:  # a block's tail too short for a header is padding
+            position += block - position % block
+            continue
+        length, kind = struct.unpack("<HB", data[position + 4:position + 7])
+        if kind == 0 and length == 0:
+            break
+        pending += data[position + 7:position + 7 + length]
+        position += 7 + length
+        if kind in (1, 4):  # a full record, or the last chunk of one
+            record = pb.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+    return records
+
+
+def test_wandb_offline_history_holds_every_evaluation_the_metrics_and_the_full_config(tmp_path, monkeypatch):
+    pytest.importorskip("wandb", reason="the W&B tracker needs pip install 'continual-lm[wandb]' (CI installs it)")
+    import json
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    tasks = ["sentiment", "animal_class", "reverse"]
+    results = run(tiny_config(tmp_path, method="amlora", tasks=tasks, report_to="wandb", tracker_project="cl-tests",
+                              tracker_run_name="amlora-tiny"))
+    records = wandb_records(tmp_path / "run" / "tracking")
+    def key(item):
+        return item.key or "/".join(item.nested_key)
+
+    history = [{key(item): json.loads(item.value_json) for item in r.history.item} for r in records
+               if r.WhichOneof("record_type") == "history"]
+    steps = [row["_step"] for row in history]
+    assert steps == sorted(steps)  # monotonic: W&B drops a step lower than one it has
+    for i, row in enumerate(results["matrix"]):  # every evaluated cell, at the end of its phase's training
+        logged = next(h for h in history if h.get("eval/phase") == i)
+        assert {t: logged[f"eval/{t}"] for t, v in zip(tasks, row) if v is not None} == \
+            {t: v for t, v in zip(tasks, row) if v is not None}
+    last = history[-1]
+    assert last["cl/AP"] == pytest.approx(results["metrics"]["AP"]) and "cl/BWT" in last
+    assert sum("train/loss" in h for h in history) == steps[-1]  # one loss per optimizer step
+    run_record = next(r.run for r in records if r.WhichOneof("record_type") == "run")
+    assert run_record.project == "cl-tests" and run_record.display_name == "amlora-tiny"
+    config = {key(item): json.loads(item.value_json) for r in records if r.WhichOneof("record_type") == "config"
+              for item in r.config.update}
+    flat = {k: v.get("value", v) if isinstance(v, dict) else v for k, v in config.items()}
+    assert flat["lora.r"] == 8 and flat["lr"] == 5e-3 and "method_options.amlora.l1" in flat

@@ -7,7 +7,7 @@ import torch
 import continual_lm
 from continual_lm.cli import main
 from continual_lm.errors import ContinualLMError
-from continual_lm.train.loop import run
+from continual_lm import run
 
 from helpers import tiny_config
 
@@ -28,10 +28,11 @@ def test_predict_reproduces_the_evaluation_path(inclora_run):
     run_dir, results = inclora_run
     loaded = continual_lm.load_run(run_dir)
     task = loaded.tasks[1]
-    records = [{"input": ex.input, "task": task.name} for ex in task.test]
-    expected = _final_predictions(run_dir, results)[task.name]
-    assert loaded.predict(records) == expected
-    prompts = [task.prompt(ex.input) for ex in task.test]  # full prompts, no task name: same path
+    examples = _final_predictions(run_dir, results)[task.name]  # input, references, prediction, score of each
+    assert [e["score"] for e in examples] and all(0 <= e["score"] <= 100 for e in examples)
+    records = [{"input": e["input"], "task": task.name} for e in examples]
+    assert loaded.predict(records) == [e["prediction"] for e in examples]
+    prompts = [task.prompt(e["input"]) for e in examples]  # full prompts, no task name: same path
     assert loaded.predict(prompts)[0] is not None
     with pytest.raises(ContinualLMError, match="unknown task"):
         loaded.predict([{"input": "x", "task": "nope"}])
@@ -63,7 +64,8 @@ def test_peft_export_reproduces_the_run_and_merge_too(inclora_run, tmp_path):
 
     run_dir, results = inclora_run
     loaded = continual_lm.load_run(run_dir)
-    prompts = [t.prompt(t.test[0].input) for t in loaded.tasks]
+    inputs = _final_predictions(run_dir, results)
+    prompts = [t.prompt(inputs[t.name][0]["input"]) for t in loaded.tasks]
     expected = _greedy(loaded.model, loaded.tokenizer, prompts)
 
     summary = continual_lm.api.export_run(loaded, tmp_path / "exp")
@@ -89,7 +91,7 @@ def test_merge_and_export_refuse_methods_whose_learning_is_not_in_the_weights(tm
     """Soft-prompt methods feed their learned prompts through their own forward: a merged folder would be the
     untouched base model. Both commands refuse, and export does not send the user to merge."""
     from continual_lm.api import LoadedRun, export_run, merge_run
-    from continual_lm.train.loop import build_runner
+    from continual_lm.train.assemble import build_runner
 
     config = tiny_config(tmp_path, method=method, tasks=["sentiment", "number_sign"])
     runner = build_runner(config, tmp_path / "run")

@@ -16,6 +16,7 @@ from typing import Any
 from ..errors import ContinualLMError
 from ..eval.general import METRIC, check_usable, evaluate_general, general_markdown, task_manager
 from ..io_utils import atomic_write_json
+from ..train.checkpoint import RunDir
 
 
 def measure_general(run_dir: str | Path, tasks: list[str] | None = None, *, task_dir: str | Path | None = None,
@@ -24,12 +25,12 @@ def measure_general(run_dir: str | Path, tasks: list[str] | None = None, *, task
     own general_* options. ``base=False`` skips the base model ("before" is then absent)."""
     from ..config import RunConfig
     from ..models.backbone import load_backbone
-    from ..train.loop import load_final_runner
+    from ..train.assemble import load_final_runner
 
-    path = Path(run_dir)
-    if not (path / "config.yaml").exists():
-        raise ContinualLMError(f"{path}: no config.yaml there; expected a run directory")
-    config = RunConfig.from_yaml(path / "config.yaml")
+    folder = RunDir(run_dir)
+    if not folder.config_path.exists():
+        raise ContinualLMError(f"{folder.path}: no config.yaml there; expected a run directory")
+    config = RunConfig.from_yaml(folder.config_path)
     tasks = list(tasks or config.general_tasks or [])
     if not tasks:
         raise ContinualLMError("analyze general: pass --tasks NAME... (lm-eval task names); the run has no "
@@ -46,7 +47,7 @@ def measure_general(run_dir: str | Path, tasks: list[str] | None = None, *, task
                                              batch_size=batch_size, is_seq2seq=backbone.is_seq2seq, manager=manager)
         del backbone
         gc.collect()
-    runner = load_final_runner(path)
+    runner = load_final_runner(folder.path)
     check_usable(runner.method)
     general["after"] = evaluate_general(runner.model, runner.backbone.tokenizer, tasks, limit=limit,
                                         batch_size=batch_size, is_seq2seq=runner.backbone.is_seq2seq,
@@ -76,7 +77,7 @@ def main(argv: list[str]) -> int:
     print(general_markdown(general))
     print(f"\nscores -> {path / 'general.json'}")
     if args.update_results:
-        results_path = path / "results.json"
+        results_path = RunDir(path).results_path
         if not results_path.exists():
             raise ContinualLMError(f"--update-results: {results_path} does not exist (the run has not finished)")
         from ..eval.report import write_run_report

@@ -18,7 +18,7 @@ import torch
 from ..errors import ContinualLMError, unknown_choice
 from ..eval.report import plot_fraction_heatmap
 from ..io_utils import atomic_write_json
-from ..train.loop import load_final_runner
+from ..train.assemble import load_final_runner
 
 
 def updated_positions(runner, layer: str, task_index: int, samples: int, threshold: float) -> torch.Tensor:
@@ -73,7 +73,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.samples <= 0:
         raise ContinualLMError(f"--samples must be a positive integer, got {args.samples}")
-    runner = load_final_runner(args.run_dir)
+    runner = load_final_runner(args.run_dir, with_data=True)  # it reads each task's training examples
     config = runner.config
     threshold = args.threshold
     if threshold is None:

@@ -4,7 +4,6 @@ docs/continual_pretraining.md describes the setting; the collator (data/collate.
 
 * ``corpus_blocks`` — a corpus (list of documents) tokenised, concatenated and cut into fixed-length blocks,
   as causal/masked LM pre-training does;
-* ``causal_lm_labels`` — labels of the causal LM loss: every real token, padding ignored (-100);
 * ``corpus_block_task`` — a corpus task (documents) turned into one training example per token block (the loop
   calls it once the tokenizer is known);
 * ``mask_tokens`` — BERT's masked LM corruption: exactly ``round(probability * n)`` of each row's ``n`` maskable
@@ -44,11 +43,6 @@ def corpus_block_task(task: Task, tokenizer, block_size: int) -> Task:
     decoded so that replay, EWC and checkpoints handle it as any other example (the collator re-encodes it)."""
     blocks = corpus_blocks([ex.input for ex in task.train], tokenizer, block_size)
     return task.with_examples(train=[Example(input=tokenizer.decode(block), target="") for block in blocks])
-
-
-def causal_lm_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """The causal LM loss learns every real token; padding positions are ignored."""
-    return input_ids.masked_fill(attention_mask == 0, IGNORE)
 
 
 def mask_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, *, mask_token_id: int, vocab_size: int,

@@ -541,9 +541,13 @@ def _value_text(value: Any) -> str | None:
     return None
 
 
-def _custom_examples(where: str, path: Path, records: list[dict], input_field: str, output_field: str) -> list[Example]:
+def _custom_examples(where: str, path: str | Path, records: list[dict], input_field: str,
+                     output_field: str) -> list[Example]:
     examples = []
     for i, rec in enumerate(records):
+        if not isinstance(rec, dict):
+            raise ContinualLMError(f"{where}: {path}: record {i} is a {_type_name(rec)}, expected a mapping with the "
+                                   f"fields {input_field!r} and {output_field!r}")
         for field_name, role in ((input_field, "input_field"), (output_field, "output_field")):
             if field_name not in rec:
                 raise ContinualLMError(
@@ -584,50 +588,81 @@ def _read_custom_task(yaml_path: Path, index: int, spec: Any) -> Task:
     name = spec.get("name")
     if name is None:
         raise ContinualLMError(f"{where}: missing required key 'name'")
-    if not isinstance(name, str) or not _TASK_NAME_RE.match(name):
-        raise ContinualLMError(
-            f"{where}: 'name' must be a string of letters, digits, '_', '-' or '.' starting with a letter or digit, got {name!r}"
-        )
+    _check_task_name(where, name)
     where = f"{yaml_path}: task {name!r}"
     if "corpus" in spec or "end_task" in spec:
         return _read_corpus_task(yaml_path, where, name, spec)
     unknown = sorted(set(spec) - _TASK_KEYS)
     if unknown:
         raise ContinualLMError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; allowed keys: {', '.join(sorted(_TASK_KEYS))}")
+    has_split = "train" in spec or "test" in spec
+    if "file" in spec and has_split:
+        raise ContinualLMError(f"{where}: give either 'train' and 'test', or 'file' (with optional 'test_fraction'), not both")
+    if "file" in spec:
+        path = _resolve_file(yaml_path, where, "file", spec["file"])
+        splits = {"train": (str(path), read_records(path)), "test": None}
+    else:
+        for key in ("train", "test"):
+            if key not in spec:
+                raise ContinualLMError(f"{where}: missing required key {key!r} (or give 'file' to split one file)")
+        splits = {key: (str(path), read_records(path))
+                  for key, path in ((k, _resolve_file(yaml_path, where, k, spec[k])) for k in ("train", "test"))}
+    options = {k: v for k, v in spec.items() if k not in ("name", "train", "test", "file")}
+    return custom_task(where, name, splits["train"], splits["test"], source=str(yaml_path),
+                       extra={"train_file": splits["train"][0], "test_file": (splits["test"] or splits["train"])[0]},
+                       **options)
 
+
+def _check_task_name(where: str, name: Any) -> None:
+    if not isinstance(name, str) or not _TASK_NAME_RE.match(name):
+        raise ContinualLMError(
+            f"{where}: 'name' must be a string of letters, digits, '_', '-' or '.' starting with a letter or digit, got {name!r}"
+        )
+
+
+# The keys of a custom task besides where its records come from (name, train, test, file): the options of
+# ``custom_task``, shared by the YAML stream and the Python builders (data/stream.py).
+TASK_OPTIONS = frozenset(_TASK_KEYS - {"name", "train", "test", "file"})
+
+
+def custom_task(where: str, name: str, train: tuple[str, list[dict]], test: tuple[str, list[dict]] | None, *,
+                source: str, extra: dict | None = None, **options: Any) -> Task:
+    """A task of the user's from its records: ``train`` and ``test`` are (where they come from, records); ``test``
+    None splits ``train`` with a seeded shuffle (seed 0) by ``test_fraction`` (default 0.2). ``options`` are the
+    keys of a stream YAML's task (docs/benchmarks.md): input_field, output_field, instruction, labels, metric,
+    template, stop, extract, max_new_tokens, truncate. Errors name ``where``, the records' origin and the record."""
+    _check_task_name(where, name)
+    unknown = sorted(set(options) - TASK_OPTIONS)
+    if unknown:
+        raise ContinualLMError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; allowed keys: "
+                               f"{', '.join(sorted(TASK_OPTIONS))}")
+    spec = options
     input_field = spec.get("input_field", "input")
     output_field = spec.get("output_field", "output")
     for key, value in (("input_field", input_field), ("output_field", output_field)):
         if not isinstance(value, str) or not value:
             raise ContinualLMError(f"{where}: {key!r} must be a non-empty string (a field name of the records)")
 
-    has_split = "train" in spec or "test" in spec
-    if "file" in spec and has_split:
-        raise ContinualLMError(f"{where}: give either 'train' and 'test', or 'file' (with optional 'test_fraction'), not both")
-    if "file" in spec:
+    if test is None:
         fraction = spec.get("test_fraction", 0.2)
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
             raise ContinualLMError(f"{where}: 'test_fraction' must be a number between 0 and 1 (exclusive), got {fraction!r}")
-        path = _resolve_file(yaml_path, where, "file", spec["file"])
-        examples = _custom_examples(where, path, read_records(path), input_field, output_field)
+        train_path = test_path = train[0]
+        examples = _custom_examples(where, train_path, train[1], input_field, output_field)
         if len(examples) < 2:
-            raise ContinualLMError(f"{where}: {path} has {len(examples)} record(s); need at least 2 to split into train and test")
+            raise ContinualLMError(f"{where}: {train_path} has {len(examples)} record(s); need at least 2 to split into train and test")
         order = list(range(len(examples)))
         random.Random(0).shuffle(order)
         n_test = min(len(examples) - 1, max(1, round(len(examples) * fraction)))
-        test = [examples[i] for i in order[:n_test]]
-        train = [examples[i] for i in order[n_test:]]
-        train_path = test_path = path
+        test_examples = [examples[i] for i in order[:n_test]]
+        train_examples = [examples[i] for i in order[n_test:]]
     else:
         if "test_fraction" in spec:
-            raise ContinualLMError(f"{where}: 'test_fraction' is only used with 'file'")
-        for key in ("train", "test"):
-            if key not in spec:
-                raise ContinualLMError(f"{where}: missing required key {key!r} (or give 'file' to split one file)")
-        train_path = _resolve_file(yaml_path, where, "train", spec["train"])
-        test_path = _resolve_file(yaml_path, where, "test", spec["test"])
-        train = _custom_examples(where, train_path, read_records(train_path), input_field, output_field)
-        test = _custom_examples(where, test_path, read_records(test_path), input_field, output_field)
+            raise ContinualLMError(f"{where}: 'test_fraction' is only used with one file (or records) to split")
+        (train_path, train_records), (test_path, test_records) = train, test
+        train_examples = _custom_examples(where, train_path, train_records, input_field, output_field)
+        test_examples = _custom_examples(where, test_path, test_records, input_field, output_field)
+    train, test = train_examples, test_examples
     if not train:
         raise ContinualLMError(f"{where}: the train split ({train_path}) has no records")
     if not test:
@@ -682,8 +717,8 @@ def _read_custom_task(yaml_path: Path, index: int, spec: Any) -> Task:
         test=test,
         labels=labels,
         template=template,
-        source=str(yaml_path),
-        extra={"train_file": str(train_path), "test_file": str(test_path)},
+        source=source,
+        extra=dict(extra or {}),
         answer=answer,
         truncate=truncate,
     )

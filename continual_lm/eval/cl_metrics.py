@@ -94,3 +94,16 @@ def cl_metrics(matrix, single_task: Sequence[Score] | None = None,
         fwt = _mean([a[j][j] - s[j] for j in range(t) if a[j][j] is not None and s[j] is not None])
 
     return {"AP": _mean(ap), "F.Ra": _mean(fra), "FWT": fwt, "BWT": _mean(bwt)}
+
+
+def metrics_without_cells(t: int, skipped: set[tuple[int, int]]) -> dict[str, str]:
+    """The metrics that need a cell of ``skipped`` (cells ``(i, j)`` a run chose not to evaluate, e.g. with
+    --eval-every), each with the cells it needs: computing them from the remaining terms would give another number,
+    so they are reported as None with this reason instead. AP needs only the final scores."""
+    needs = {
+        "F.Ra": ({(l, j) for j in range(t - 1) for l in range(j, t - 1)},
+                 "every score of each earlier task before the last task (a[l][j], l = j..T-1)"),
+        "FWT": ({(j, j) for j in range(t)}, "each task's score right after its training (a[j][j])"),
+        "BWT": ({(j, j) for j in range(t - 1)}, "each earlier task's score right after its training (a[j][j])"),
+    }
+    return {name: what for name, (cells, what) in needs.items() if cells & skipped}

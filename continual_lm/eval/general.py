@@ -9,7 +9,7 @@ local task defined by an lm-eval task YAML in ``task_dir`` (e.g. ``dataset_path:
 
 Scores are accuracies on the 0..100 scale of the rest of continual_lm (lm-eval's ``acc`` x 100, 4 decimals).
 In a run, ``general_tasks`` measures the base model before the first task and the final model after the stream,
-into ``results.json["general"]`` (docs/metrics.md).
+into ``results.json["general"]`` (callbacks/general.py, docs/metrics.md).
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ContinualLMError
+from .tables import cell, fmt, table
 
 METRIC = "acc"
 
@@ -105,28 +106,8 @@ def evaluate_general(model, tokenizer, tasks: list[str], *, task_dir: str | Path
     return scores
 
 
-def measure_run_general(runner, state: dict[str, Any], when: str) -> None:
-    """In a run: score the current model ("before": the base model, "after": the final one) once, into
-    ``state["general"]`` (the value of ``results.json["general"]``), so a resumed run does not measure again.
-    Only the main process measures (lm-eval scores a model object in a single process)."""
-    config = runner.config
-    if not config.general_tasks or when in state.get("general", {}):
-        return
-    if runner.is_main:
-        check_usable(runner.method)
-        scores = evaluate_general(runner.model, runner.backbone.tokenizer, list(config.general_tasks),
-                                  task_dir=config.general_task_dir, limit=config.general_limit,
-                                  batch_size=config.eval_batch_size, is_seq2seq=runner.backbone.is_seq2seq)
-        general = state.setdefault("general", {"tasks": list(config.general_tasks), "metric": METRIC})
-        general[when] = scores
-        runner.run_dir.write_state(state)
-    runner.accelerator.wait_for_everyone()
-
-
 def general_markdown(general: dict[str, Any]) -> str:
     """The before/after table of ``results.json["general"]``: one row per task, the change, and the average."""
-    from .report import _cell, _fmt, _table
-
     before, after = general.get("before") or {}, general.get("after") or {}
     rows, deltas = [], []
     for task in general.get("tasks", []):
@@ -134,14 +115,14 @@ def general_markdown(general: dict[str, Any]) -> str:
         delta = a - b if a is not None and b is not None else None
         if delta is not None:
             deltas.append(delta)
-        rows.append([_cell(task), _fmt(b, 2), _fmt(a, 2), _fmt(delta, 2)])
+        rows.append([cell(task), fmt(b, 2), fmt(a, 2), fmt(delta, 2)])
 
     def mean(values):
         values = [v for v in values if v is not None]
         return sum(values) / len(values) if values else None
 
     tasks = general.get("tasks", [])
-    rows.append(["avg", _fmt(mean([before.get(t) for t in tasks]), 2), _fmt(mean([after.get(t) for t in tasks]), 2),
-                 _fmt(mean(deltas), 2)])
+    rows.append(["avg", fmt(mean([before.get(t) for t in tasks]), 2), fmt(mean([after.get(t) for t in tasks]), 2),
+                 fmt(mean(deltas), 2)])
     return (f"General abilities (lm-eval, {general.get('metric', METRIC)} x 100; base model before the stream, "
-            f"final model after it):\n\n" + _table(["task", "before", "after", "change"], rows))
+            f"final model after it):\n\n" + table(["task", "before", "after", "change"], rows))

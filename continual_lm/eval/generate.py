@@ -69,9 +69,3 @@ def predict_requests(model, method, collator: Collator, requests: Sequence[Reque
         results = merged
     return [results[k] for k in range(len(requests))]
 
-
-def predict_texts(model, method, collator: Collator, task: Task, task_index: int, inputs: list[str],
-                  batch_size: int, accelerator=None, progress: bool = True, desc: str = "") -> list[str]:
-    """Greedy predictions (cleaned) for inputs of one task, in order."""
-    return predict_requests(model, method, collator, [(task, task_index, text) for text in inputs], batch_size,
-                            accelerator, progress, desc or f"eval {task.name}")

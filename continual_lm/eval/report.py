@@ -15,42 +15,14 @@ from continual_lm.eval.cl_metrics import METRIC_NAMES, cl_metrics
 from continual_lm.io_utils import atomic_write_bytes as _atomic_write_bytes
 from continual_lm.io_utils import atomic_write_text as _atomic_write_text
 
-DASH = "–"  # shown for a missing value (null in results.json)
+from .tables import PROTOCOL_LEGEND, protocol_flags  # noqa: F401 (re-exported: the CLI's list)
+from .tables import cell as _cell
+from .tables import fmt as _fmt
+from .tables import table as _table
+
 MATRIX_PNG = "accuracy_matrix.png"
 TRAJECTORY_PNG = "task_trajectories.png"
 REPORT_MD = "report.md"
-SINGLE_METHOD = "single"  # the single-task reference run: each task ends with its own model
-# The declared protocol (results.json "protocol", methods/base.py): flag -> key, in the order shown.
-PROTOCOL_LETTERS = (("R", "replay"), ("P", "pseudo_samples"), ("Ttr", "task_id_at_train"), ("Tte", "task_id_at_test"),
-                  ("N", "task_names_in_prompts"))
-PROTOCOL_LEGEND = ("R = replays stored real examples of earlier tasks, P = trains on generated pseudo samples of "
-                   "earlier tasks, Ttr = uses task identity in training (per-task blocks, state or markers), "
-                   "Tte = is given the task id at test, N = task names in the prompts; – = none of these, "
-                   "? = not recorded (an older run)")
-
-
-def protocol_flags(protocol: dict | None) -> str:
-    """The compact protocol column of a run ("R Ttr", "–" for none, "?" when results.json does not record it)."""
-    if protocol is None:
-        return "?"
-    return " ".join(flag for flag, key in PROTOCOL_LETTERS if protocol.get(key)) or DASH
-
-
-# ------------------------------------------------------------------------------------------------- helpers
-def _fmt(v, decimals: int) -> str:
-    return DASH if v is None else f"{v:.{decimals}f}"
-
-
-def _cell(text) -> str:
-    """Text safe inside a markdown table cell."""
-    return DASH if text is None else str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]], align_right_from: int = 1) -> str:
-    sep = ["---" if k < align_right_from else "---:" for k in range(len(header))]
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(sep) + " |"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def results_problem(results) -> str | None:
@@ -89,20 +61,22 @@ def _single_list(results: dict) -> list | None:
 
 
 def final_scores(results: dict) -> list:
-    """Final score of each task: the last matrix row, or the diagonal for the ``single`` reference run."""
+    """Final score of each task: results.json's ``final_scores``, or (older results) its score in the last matrix
+    row that evaluated it (eval/results.py), which is the diagonal for the single-task reference run."""
     matrix = results.get("matrix") or []
     if not matrix:
         return []
-    if results.get("method") == SINGLE_METHOD:
-        return [matrix[j][j] for j in range(len(matrix))]
-    return list(matrix[-1])
+    if isinstance(results.get("final_scores"), dict):
+        return [results["final_scores"].get(t) for t in _tasks(results)]
+    from .results import final_scores as last_evaluated
+
+    return last_evaluated(matrix)
 
 
 def _metrics(results: dict) -> dict:
     metrics = results.get("metrics")
     if metrics is None:  # an older or partial results dict: compute them the one way they are defined
-        final = final_scores(results) if results.get("method") == SINGLE_METHOD else None
-        metrics = cl_metrics(results["matrix"], _single_list(results), final_row=final)
+        metrics = cl_metrics(results["matrix"], _single_list(results), final_row=final_scores(results))
     return metrics
 
 
@@ -161,9 +135,12 @@ def run_report_markdown(results: dict, run_dir=None) -> str:
     if metrics.get("FWT") is None and _single_list(results) is None:
         lines += ["", "FWT is – because no single-task reference scores were given "
                      "(`--single-task-from RUN_DIR`)."]
-    if method == SINGLE_METHOD:
-        lines += ["", "This is the single-task reference run: each task ends with its own model, "
-                  "so its final scores are the diagonal of the matrix."]
+    for name, why in (results.get("metrics_notes") or {}).items():
+        lines += ["", f"{name} is – because it {why}."]
+    matrix = results.get("matrix") or []
+    if matrix and final_scores(results) != list(matrix[-1]):
+        lines += ["", "Each task's final score is its score in the last phase that evaluated it, which here is not "
+                  "always the last row (the single-task reference run: the diagonal)."]
 
     lines += ["", "## Accuracy matrix", "", "Row i: after training task i; column j: score on task j.", "",
               matrix_markdown(results)]

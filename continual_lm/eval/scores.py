@@ -102,14 +102,14 @@ def _check(predictions: Sequence[str], references: Sequence[Sequence[str] | str]
     return refs
 
 
+def _accuracy_terms(predictions: Sequence[str], refs: list[tuple[str, ...]]) -> list[bool]:
+    return [any(normalize_answer(pred) == normalize_answer(r) for r in rs) for pred, rs in zip(predictions, refs)]
+
+
 def accuracy(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> float:
     """Percentage (0..100) of predictions equal to any of their references after ``normalize_answer``."""
     refs = _check(predictions, references)
-    hits = 0
-    for pred, rs in zip(predictions, refs):
-        p = normalize_answer(pred)
-        hits += any(p == normalize_answer(r) for r in rs)
-    return 100.0 * hits / len(refs)
+    return 100.0 * sum(_accuracy_terms(predictions, refs)) / len(refs)
 
 
 # Scripts written without spaces between words: each character is a token (Han, Hiragana, Katakana, CJK
@@ -149,6 +149,11 @@ class MultilingualTokenizer:
         return [self._stemmer.stem(t) if len(t) > 3 and t.isascii() else t for t in tokens]
 
 
+def _rouge_terms(predictions: Sequence[str], refs: list[tuple[str, ...]]) -> list[float]:
+    return [max(_rouge(not r.isascii()).score(r, pred)["rougeL"].fmeasure for r in rs)
+            for pred, rs in zip(predictions, refs)]
+
+
 def rouge_l(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> float:
     """Mean over examples of the Rouge-L F-measure (with stemming) against the best reference, 0..100.
 
@@ -156,10 +161,13 @@ def rouge_l(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> 
     benchmark are unchanged); any other with :class:`MultilingualTokenizer` (Chinese by character, German with its
     umlauts)."""
     refs = _check(predictions, references)
-    total = 0.0
-    for pred, rs in zip(predictions, refs):
-        total += max(_rouge(not r.isascii()).score(r, pred)["rougeL"].fmeasure for r in rs)
-    return 100.0 * total / len(refs)
+    return 100.0 * sum(_rouge_terms(predictions, refs)) / len(refs)
+
+
+def _edit_terms(predictions: Sequence[str], refs: list[tuple[str, ...]]) -> list[float]:
+    from rapidfuzz import fuzz
+
+    return [max(fuzz.ratio(pred, r) if pred and r else 0.0 for r in rs) for pred, rs in zip(predictions, refs)]
 
 
 def edit_similarity(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> float:
@@ -167,25 +175,24 @@ def edit_similarity(predictions: Sequence[str], references: Sequence[Sequence[st
     100 * (1 - indel distance / (len(prediction) + len(reference))) on characters (the ``fuzz.ratio`` that
     TRACE's and CodeXGLUE's code-completion evaluation call). An empty prediction or reference scores 0, as
     TRACE's ``caculate_fuzz`` counts it."""
-    from rapidfuzz import fuzz
-
     refs = _check(predictions, references)
-    total = 0.0
-    for pred, rs in zip(predictions, refs):
-        total += max(fuzz.ratio(pred, r) if pred and r else 0.0 for r in rs)
-    return total / len(refs)
+    return sum(_edit_terms(predictions, refs)) / len(refs)
+
+
+def _sari_terms(predictions: Sequence[str], refs: list[tuple[str, ...]], sources: Sequence[str]) -> list[float]:
+    from .sari import sari_sentence
+
+    if len(sources) != len(refs):
+        raise ValueError(f"got {len(predictions)} predictions but {len(sources)} sources; SARI needs one source "
+                         "per prediction")
+    return [sari_sentence(s, p, r) for s, p, r in zip(sources, predictions, refs)]
 
 
 def sari(predictions: Sequence[str], references: Sequence[Sequence[str]], sources: Sequence[str]) -> float:
     """Mean sentence SARI (Xu et al. 2016) of the predictions against their references and sources, 0..100
     (eval/sari.py)."""
-    from .sari import sari_sentence
-
     refs = _check(predictions, references)
-    if len(sources) != len(refs):
-        raise ValueError(f"got {len(predictions)} predictions but {len(sources)} sources; SARI needs one source "
-                         "per prediction")
-    return 100.0 * sum(sari_sentence(s, p, r) for s, p, r in zip(sources, predictions, refs)) / len(refs)
+    return 100.0 * sum(_sari_terms(predictions, refs, sources)) / len(refs)
 
 
 def score(metric: str, predictions: Sequence[str], references: Sequence[Sequence[str]],
@@ -205,12 +212,39 @@ def score(metric: str, predictions: Sequence[str], references: Sequence[Sequence
     raise unknown_choice("metric", metric, METRICS)
 
 
-def score_task(task: Task, predictions: Sequence[str]) -> float:
-    """A task's score for its test predictions (answers as ``clean_prediction`` cut them, in test order): its
-    answer rule's extraction on predictions and references, then its metric. SARI's sources are the prompts
-    (instruction, input and answer cue), as TRACE's evaluation passes them."""
+def example_scores(metric: str, predictions: Sequence[str], references: Sequence[Sequence[str]],
+                   sources: Sequence[str] | None = None) -> list[float]:
+    """Each example's own score, 0..100 (``score`` is their mean): 0 or 100 for accuracy, the best reference's
+    Rouge-L F-measure, edit similarity or sentence SARI."""
+    refs = _check(predictions, references)
+    if metric == ACCURACY:
+        return [100.0 * hit for hit in _accuracy_terms(predictions, refs)]
+    if metric == ROUGE_L:
+        return [100.0 * value for value in _rouge_terms(predictions, refs)]
+    if metric == EDIT_SIM:
+        return _edit_terms(predictions, refs)
+    if metric == SARI:
+        if sources is None:
+            raise ValueError("SARI needs the source of every prediction (sources=...)")
+        return [100.0 * value for value in _sari_terms(predictions, refs, sources)]
+    raise unknown_choice("metric", metric, METRICS)
+
+
+def _task_inputs(task: Task, predictions: Sequence[str]):
     extract = task.answer.extract
     refs = [tuple(extract_answer(r, extract) for r in e.refs()) for e in task.test]
     preds = [extract_answer(p, extract) for p in predictions]
     sources = [task.prompt(e.input) for e in task.test] if task.metric == SARI else None
-    return score(task.metric, preds, refs, sources)
+    return preds, refs, sources
+
+
+def score_task(task: Task, predictions: Sequence[str]) -> float:
+    """A task's score for its test predictions (answers as ``clean_prediction`` cut them, in test order): its
+    answer rule's extraction on predictions and references, then its metric. SARI's sources are the prompts
+    (instruction, input and answer cue), as TRACE's evaluation passes them."""
+    return score(task.metric, *_task_inputs(task, predictions))
+
+
+def task_example_scores(task: Task, predictions: Sequence[str]) -> list[float]:
+    """Each test example's score under the task's answer rule and metric (``score_task`` is their mean)."""
+    return example_scores(task.metric, *_task_inputs(task, predictions))

@@ -162,7 +162,6 @@ class AMLoRA(LoRAMethod):
             for bank in banks.values():
                 bank.record_weights = False
                 bank.mixer.last_distribution = None
-                bank.last_weights = None
             model.train(was_training)
         num_loras = next(iter(banks.values())).num_loras
         mean = {name: [round(sum(per_task[t][name][i] for t in per_task) / len(per_task), 6)

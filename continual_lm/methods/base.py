@@ -382,6 +382,29 @@ class Composite(Method):
         return self.base.default_lr()
 
 
+def register_method(cls: type[Method] | None = None, *, name: str | None = None):
+    """Register a method class of your own under ``name`` (default: its ``name`` attribute), without editing
+    methods/registry.py: ``@register_method`` or ``@register_method(name="mine")``. The name must be new (or already
+    hold this class); a plugin (``is_plugin = True``) composes with the base methods that list it in
+    ``composable_with``."""
+    from .registry import METHODS
+
+    def add(cls):
+        key = name or getattr(cls, "name", "")
+        if not (isinstance(cls, type) and issubclass(cls, Method)):
+            raise ContinualLMError(f"register_method: {cls!r} is not a subclass of continual_lm.Method")
+        if not key or not isinstance(key, str) or "+" in key or key != key.strip():
+            raise ContinualLMError(f"register_method: {cls.__name__} needs a name (its `name` class attribute, "
+                                   f"without '+' or spaces), got {key!r}")
+        if key in METHODS and METHODS[key] is not cls:
+            raise ContinualLMError(f"register_method: a method named {key!r} is already registered ({METHODS[key]})")
+        cls.name = key
+        METHODS[key] = cls
+        return cls
+
+    return add if cls is None else add(cls)
+
+
 def build_method(config: RunConfig) -> Method:
     from .registry import method_class, split_method_spec
 

@@ -40,7 +40,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from ..data.collate import IGNORE_INDEX
 from ..errors import ContinualLMError
-from ..models.inject import _matches, find_lora_banks
+from ..models.inject import find_lora_banks, matches_target
 from ..models.lora_bank import LoRABank
 from .option_checks import check_choice, check_fields
 from .base import Method
@@ -89,7 +89,7 @@ def default_target_names(model: nn.Module) -> list[str]:
 def select_targets(model: nn.Module, patterns: list[str] | None) -> dict[str, nn.Module]:
     names = default_target_names(model)
     if patterns:
-        chosen = [n for n in names if any(_matches(n, p) for p in patterns)]
+        chosen = [n for n in names if any(matches_target(n, p) for p in patterns)]
         if not chosen:
             suffixes = sorted({n.rsplit(".", 1)[-1] for n in names})
             raise ContinualLMError(f"--migu-modules {','.join(patterns)} matched none of the block linear layers; "

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from ..errors import ContinualLMError
-from ..models.inject import _matches
+from ..models.inject import matches_target
 from .base import Method
 from .option_checks import check_choice, check_fields
 
@@ -61,7 +61,7 @@ def osf_targets(model: nn.Module, patterns: list[str] | None) -> dict[str, nn.Li
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     linear = {name: m for name, m in model.named_modules()
               if isinstance(m, nn.Linear) and m is not head and re.search(r"\.\d+\.", f".{name}.")}
-    chosen = {n: m for n, m in linear.items() if not patterns or any(_matches(n, p) for p in patterns)}
+    chosen = {n: m for n, m in linear.items() if not patterns or any(matches_target(n, p) for p in patterns)}
     if not chosen:
         suffixes = sorted({n.rsplit(".", 1)[-1] for n in linear})
         raise ContinualLMError(f"--osf-targets {','.join(patterns or [])} matched no linear layer of the blocks; "

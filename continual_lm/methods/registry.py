@@ -1,11 +1,18 @@
-"""The method registry: name -> "module:Class". Adding a method = one file in methods/ plus one line here."""
+"""The method registry: name -> "module:Class". Adding a method = one file in methods/ plus one line here.
+
+Methods of your own need no edit here: decorate the class with ``@register_method`` (methods/base.py; a ``Method``
+subclass with a ``name``, docs/api.md), or publish it from a package under the entry-point group
+``continual_lm.methods`` (``name = "module:Class"``), which is read the first time a name is not found.
+"""
 from __future__ import annotations
 
 import importlib
 
 from ..errors import ContinualLMError, unknown_choice
 
-METHODS: dict[str, str] = {
+ENTRY_POINT_GROUP = "continual_lm.methods"
+
+METHODS: dict[str, str | type] = {
     "seqft": "continual_lm.methods.seqft:SeqFT",
     "seqlora": "continual_lm.methods.seqlora:SeqLoRA",
     "inclora": "continual_lm.methods.inclora:IncLoRA",
@@ -34,10 +41,23 @@ METHODS: dict[str, str] = {
 }
 
 
+def _load_entry_points() -> None:
+    """Add the methods that installed packages publish under ENTRY_POINT_GROUP (names already taken are kept)."""
+    from importlib.metadata import entry_points
+
+    for point in entry_points(group=ENTRY_POINT_GROUP):
+        METHODS.setdefault(point.name, point.value)
+
+
 def method_class(name: str):
     if name not in METHODS:
+        _load_entry_points()
+    if name not in METHODS:
         raise unknown_choice("method", name, METHODS)
-    module_name, _, class_name = METHODS[name].partition(":")
+    entry = METHODS[name]
+    if isinstance(entry, type):  # registered from Python (register_method)
+        return entry
+    module_name, _, class_name = entry.partition(":")
     return getattr(importlib.import_module(module_name), class_name)
 
 

@@ -9,7 +9,8 @@ from ..errors import ContinualLMError
 from .lora_bank import LoRABank
 
 
-def _matches(name: str, target: str) -> bool:
+def matches_target(name: str, target: str) -> bool:
+    """Whether module ``name`` is meant by ``target``: its last dotted parts, or ``re:REGEX`` matching it whole."""
     if target.startswith("re:"):
         return re.fullmatch(target[3:], name) is not None
     return name == target or name.endswith("." + target)
@@ -23,7 +24,7 @@ def inject_lora_banks(model: nn.Module, targets: list[str], r: int, alpha: float
     chosen = [
         (name, module)
         for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and any(_matches(name, t) for t in targets)
+        if isinstance(module, nn.Linear) and any(matches_target(name, t) for t in targets)
     ]
     if not chosen:
         linear = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear)})

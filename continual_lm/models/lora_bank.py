@@ -36,8 +36,7 @@ class LoRABank(nn.Module):
         self.lora_A = nn.ParameterList()  # each [r, in_features]
         self.lora_B = nn.ParameterList()  # each [out_features, r]
         self.mixer: nn.Module | None = None
-        self.last_weights: torch.Tensor | None = None  # the mixer's output of the last forward, when recording
-        self.record_weights = False
+        self.record_weights = False  # a mixer may keep its last output for analyses (AM-LoRA's selector statistics)
 
     @property
     def in_features(self) -> int:
@@ -84,8 +83,6 @@ class LoRABank(nn.Module):
         if self.mixer is not None:
             per_lora = xa.unflatten(-1, (self.num_loras, self.r))
             weights = self.mixer(self, x, per_lora)
-            if self.record_weights:
-                self.last_weights = weights.detach()
             xa = (per_lora * weights.unsqueeze(-1).to(per_lora.dtype)).flatten(-2)
         return out + (F.linear(xa, B) * self.scaling).to(out.dtype)
 

@@ -5,7 +5,6 @@ embedding (Lester et al., 2021). Prompts are stacked in a ParameterList so metho
 freeze earlier prompts. A method builds, per example, the prompt it wants ([B, L, H] or one [L, H] for the batch):
 
     weighted(weights [B, P])        attention-weighted sum of all prompts (SAPT-Prompt)
-    concatenated(indices)           prompts side by side, [k*L, H] (Progressive Prompts: all earlier + the new one)
     gather(indices [B, k])          per-example selection, concatenated ([B, k*L, H]; L2P top-k, EPI's chosen task)
 
 and ``prepend_prompt`` / ``prompt_forward`` / ``prompt_generate`` put it in front of the input embeddings: the
@@ -54,11 +53,6 @@ class PromptBank(nn.Module):
         """sum_i weights[b, i] * prompt_i -> [B, L, H] for weights [B, P]."""
         stacked = self.stacked()
         return torch.einsum("bp,plh->blh", weights.to(stacked.dtype), stacked)
-
-    def concatenated(self, indices: list[int] | None = None) -> torch.Tensor:
-        """The chosen prompts (default: all, oldest first) side by side: [k*L, H]."""
-        chosen = range(self.num_prompts) if indices is None else indices
-        return torch.cat([self.prompts[i] for i in chosen], dim=0)
 
     def gather(self, indices: torch.Tensor) -> torch.Tensor:
         """Per-example prompts: indices [B] or [B, k] -> [B, k*L, H]."""

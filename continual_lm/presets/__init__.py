@@ -202,6 +202,8 @@ def resolve_preset(config, family: str | None):
     from ..data.benchmarks import canonical_order
     from ..methods.registry import split_method_spec
 
+    if config.preset not in preset_names():
+        raise ContinualLMError(f"--preset: {unknown_choice('preset', config.preset, preset_names())}")
     config = copy.deepcopy(config)
     parts = split_method_spec(config.method)
     order = None if config.tasks else canonical_order(config.benchmark, config.order)

@@ -5,6 +5,8 @@
                                         configuration and the hashes of its data, recorded when it started
                                         (train/run_record.py); written after config.yaml, under the lock
       config.yaml                       the resolved configuration (paths absolute)
+      stream.json                       the stream's task definitions without examples (data/stream.py): what
+                                        predict/export/merge need after the run moved away from its data
       preset.json                       with --preset: what it set, from which source, what the user's values
                                         replaced and what the paper does not give (presets/__init__.py)
       state.json                        progress: per phase whether trained, its matrix row, timings
@@ -47,6 +49,7 @@ from safetensors.torch import save as safetensors_bytes
 
 from ..errors import ContinualLMError
 from ..io_utils import atomic_write_bytes, atomic_write_json, sha256_file
+from .run_record import sha256_of
 
 FORMAT_VERSION = 2
 RUN_RECORD = "run.json"
@@ -227,6 +230,31 @@ class RunDir:
             return json.loads(self.preset_path.read_text())
         except json.JSONDecodeError as err:
             raise ContinualLMError(f"{self.preset_path} is corrupted ({err})") from None
+
+    def predictions_path(self, name: str) -> Path:
+        return self.path / "predictions" / f"{name}.json"
+
+    @property
+    def stream_path(self) -> Path:
+        return self.path / "stream.json"
+
+    def write_stream(self, definition: dict[str, Any]) -> None:
+        atomic_write_json(self.stream_path, definition)
+
+    def read_stream(self) -> dict[str, Any] | None:
+        """The definition of the run's stream (data/stream.py), None for a run written before it was kept; checked
+        against the sha256 run.json recorded for it."""
+        if not self.stream_path.exists():
+            return None
+        try:
+            data = json.loads(self.stream_path.read_text())
+        except (OSError, ValueError) as err:
+            raise ContinualLMError(f"{self.stream_path} is corrupted ({err})") from None
+        recorded = (self.read_record() or {}).get("stream_sha256")
+        if recorded is not None and sha256_of(data) != recorded:
+            raise ContinualLMError(f"{self.stream_path} differs from the stream the run started with (its sha256 in "
+                                   f"{self.record_path}); restore it or use the run's data instead")
+        return data
 
     @property
     def blobs_path(self) -> Path:

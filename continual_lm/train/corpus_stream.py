@@ -2,15 +2,11 @@
 stream's corpora cut into token blocks once the tokenizer is known."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from ..config import RunConfig
+from ..data.stream import Stream
 from ..data.tasks import CORPUS, Task
 from ..errors import ContinualLMError
 from ..methods.base import Method, overrides
-
-if TYPE_CHECKING:
-    from .loop import Stream
 
 
 def applies_to_corpus_tasks(cls: type[Method]) -> bool:

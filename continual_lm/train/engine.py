@@ -45,6 +45,13 @@ class PhaseTraining:
     copy: nn.Module | None = None  # ZeRO-3/FSDP2: the partitioned copy being trained (gathered back at the end)
 
 
+def cpu_processes() -> bool:
+    """Launched as several processes (accelerate launch / torchrun) on a machine without an accelerator."""
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available()
+
+
 def engine_name(accelerator) -> str:
     """"single", "ddp", "deepspeed-zero<stage>" or "fsdp" (for results.json and error messages)."""
     kind = accelerator.distributed_type.name
@@ -55,6 +62,15 @@ def engine_name(accelerator) -> str:
     if kind == "FSDP":
         return "fsdp"
     return "ddp"
+
+
+def device_name(device: torch.device) -> str:
+    """What the run trained on, for results.json: the accelerator's name, or the CPU and its thread count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "cpu":
+        return f"cpu ({torch.get_num_threads()} threads)"
+    return device.type
 
 
 def deepspeed_config(accelerator) -> dict:

@@ -2,7 +2,8 @@
 
     {"continual_lm_run": 1, "created": ..., "continual_lm": version,
      "config": {...identity...}, "config_sha256": ..., "global_batch": batch_size x grad_accum x processes,
-     "data": {"tasks": {name: sha256}, "unseen": {name: sha256}, "stream_file": sha256 | null}, "data_sha256": ...}
+     "data": {"tasks": {name: sha256}, "unseen": {name: sha256}, "stream_file": sha256 | null}, "data_sha256": ...,
+     "stream_sha256": sha256 of stream.json (the stream's task definitions, data/stream.py)}
 
 The identity of a configuration is every resolved option that decides what the run computes. Left out are how it
 runs (``RUNTIME``: progress bars, trackers, checkpoint pruning, the output directory, trust in remote code), the
@@ -26,7 +27,8 @@ from ..errors import ContinualLMError
 from ..io_utils import sha256_file
 
 RECORD_FORMAT = 1
-RUNTIME = ("output_dir", "progress", "report_to", "keep_checkpoints", "trust_remote_code")
+RUNTIME = ("output_dir", "progress", "report_to", "tracker_project", "tracker_run_name", "keep_checkpoints",
+           "trust_remote_code")
 LOCATIONS = ("data_dir", "stream_file", "general_task_dir", "single_task_from")
 # Per process: the global batch (batch_size x grad_accum x processes) is what the run computes with; it is recorded
 # and checked instead, so that a run can be resumed on another number of processes.
@@ -115,14 +117,19 @@ def global_batch(config: RunConfig, processes: int) -> int:
     return config.batch_size * config.grad_accum * processes
 
 
-def new_record(config: RunConfig, fingerprint: dict[str, Any], processes: int) -> dict[str, Any]:
-    from .. import __version__
+def new_record(config: RunConfig, fingerprint: dict[str, Any], processes: int,
+               stream: dict[str, Any] | None = None) -> dict[str, Any]:
+    """run.json; ``stream``: the stream definition the run keeps (stream.json), whose sha256 it records."""
+    from ..version import __version__
 
     ident = identity(config)
-    return {"continual_lm_run": RECORD_FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "continual_lm": __version__, "config": ident, "config_sha256": sha256_of(ident),
-            "global_batch": global_batch(config, processes), "data": fingerprint,
-            "data_sha256": sha256_of(fingerprint)}
+    record = {"continual_lm_run": RECORD_FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+              "continual_lm": __version__, "config": ident, "config_sha256": sha256_of(ident),
+              "global_batch": global_batch(config, processes), "data": fingerprint,
+              "data_sha256": sha256_of(fingerprint)}
+    if stream is not None:
+        record["stream_sha256"] = sha256_of(stream)
+    return record
 
 
 def recorded_identity(record: dict[str, Any], where: Path) -> dict[str, Any]:
