@@ -118,7 +118,7 @@ def test_a_moved_run_predicts_exports_and_merges_without_its_data(tmp_path):
         continual_lm.load_run(moved)
 
 
-def test_a_callback_sees_every_event_in_order_and_a_run_logs_and_records_each_example(tmp_path, caplog):
+def test_a_callback_sees_every_event_in_order_and_a_run_logs_and_records_each_example(tmp_path):
     class Events(Callback):
         def __init__(self):
             self.seen = []
@@ -142,14 +142,22 @@ def test_a_callback_sees_every_event_in_order_and_a_run_logs_and_records_each_ex
             self.seen.append(f"end AP {results['metrics']['AP']}")
 
     events = Events()
-    caplog.set_level(logging.INFO, logger="continual_lm")
-    results = run(tiny_config(tmp_path, tasks=["sentiment", "reverse"]), callbacks=[events])
+    # a handler on the logger itself: the CLI (run earlier in the same process by other tests) stops propagation
+    records, handler, logger = [], logging.Handler(), logging.getLogger("continual_lm")
+    handler.emit = records.append
+    logger.addHandler(handler)
+    level, logger.level = logger.level, logging.INFO
+    try:
+        results = run(tiny_config(tmp_path, tasks=["sentiment", "reverse"]), callbacks=[events])
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
     assert events.seen == ["start", "train 0 (2 steps)", "trained 0", "evaluated 0: ['sentiment']",
                            "train 1 (2 steps)", "trained 1", "evaluated 1: ['sentiment', 'reverse']", "stream end",
                            f"end AP {results['metrics']['AP']}"]
 
     # one logging line per phase (time, steps, loss, every score), and one for the run (without progress bars)
-    lines = [r.getMessage() for r in caplog.records if r.name == "continual_lm"]
+    lines = [r.getMessage() for r in records]
     phases = [line for line in lines if line.startswith("phase ")]
     assert len(phases) == 2 and all(" s (2 steps, loss " in line for line in phases)
     assert phases[1].endswith(f"sentiment {results['matrix'][1][0]:.2f}, reverse {results['matrix'][1][1]:.2f}")

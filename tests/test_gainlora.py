@@ -86,7 +86,7 @@ def test_later_gates_are_zero_on_earlier_tasks_inputs_and_a_resume_is_exact(tmp_
     assert not any(bank.lora_A[-1].requires_grad for bank in method.banks.values())  # InfLoRA base: designed A's
     # --resume after phase 0: gates, gate memories, branch memories and designed A's come back exactly
     resumed = run_crashed_in_first_evaluation_then_resumed(
-        monkeypatch, lambda where: tiny_config(where, "gainlora", tasks=TASKS), tmp_path / "b")
+        lambda where: tiny_config(where, "gainlora", tasks=TASKS), tmp_path / "b")
     assert resumed["matrix"] == results["matrix"]
     for name, read in (("trainable", checkpoint_tensors), ("method state", checkpoint_method_tensors)):
         a, b = (read(tmp_path / run / "run", 2) for run in ("a", "b"))

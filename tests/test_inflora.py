@@ -10,9 +10,9 @@ from continual_lm.methods.registry import split_method_spec
 from continual_lm.errors import ContinualLMError
 from continual_lm.models.backbone import load_backbone
 from continual_lm.models.inject import find_lora_banks
-from continual_lm.train import loop
+from continual_lm import run
 
-from helpers import (checkpoint_method_tensors, checkpoint_tensors, record_after_each_phase,
+from helpers import (checkpoint_method_tensors, checkpoint_tensors, PhaseRecorder,
                      run_crashed_in_first_evaluation_then_resumed, tiny_config)
 
 TASKS = ["sentiment", "animal_class"]
@@ -73,12 +73,12 @@ def _run(tmp_path, monkeypatch, model="tiny-random-llama", tasks=TASKS):
         return result
 
     monkeypatch.setattr(InfLoRA, "train_examples", recording)
-    memories = record_after_each_phase(monkeypatch, lambda runner: {
-        "memory": {n: M.clone() for n, M in runner.method.memory.items()},
-        "params": {n: p.detach().clone() for n, p in runner.model.named_parameters()}})
+    recorder = PhaseRecorder(lambda run: {
+        "memory": {n: M.clone() for n, M in run.method.memory.items()},
+        "params": {n: p.detach().clone() for n, p in run.model.named_parameters()}})
     backbone = load_backbone(model, seed=3)
-    results = loop.run(tiny_config(tmp_path, "inflora", model=model, tasks=tasks), backbone=backbone)
-    return backbone, results, designed, memories
+    results = run(tiny_config(tmp_path, "inflora", model=model, tasks=tasks), backbone=backbone, callbacks=[recorder])
+    return backbone, results, designed, recorder.records
 
 
 def test_designed_down_projections_are_orthogonal_to_the_memory_frozen_and_resume_exactly(tmp_path, monkeypatch):
@@ -100,7 +100,7 @@ def test_designed_down_projections_are_orthogonal_to_the_memory_frozen_and_resum
         assert snaps[1]["memory"][name].shape[1] >= snaps[0]["memory"][name].shape[1]  # the memory only grows
     # --resume after phase 0: the memory and the designed A's come back from method_state.safetensors
     resumed = run_crashed_in_first_evaluation_then_resumed(
-        monkeypatch, lambda where: tiny_config(where, "inflora", tasks=TASKS), tmp_path / "b")
+        lambda where: tiny_config(where, "inflora", tasks=TASKS), tmp_path / "b")
     assert resumed["matrix"] == results["matrix"]
     for name, read in (("trainable", checkpoint_tensors), ("method state", checkpoint_method_tensors)):
         a, b = (read(tmp_path / run / "run", 1) for run in ("a", "b"))

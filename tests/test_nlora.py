@@ -11,9 +11,9 @@ from continual_lm.methods.registry import split_method_spec
 from continual_lm.models.backbone import load_backbone
 from continual_lm.models.inject import find_lora_banks
 from continual_lm.models.lora_bank import LoRABank
-from continual_lm.train import loop
+from continual_lm import run
 
-from helpers import record_after_each_phase, set_up_method, tiny_config
+from helpers import PhaseRecorder, set_up_method, tiny_config
 
 
 def test_l1_of_the_new_update_and_its_gradient():
@@ -58,10 +58,11 @@ def test_the_penalty_reaches_the_gradients_of_a_training_step(tmp_path):
 
 
 def test_nlora_run_freezes_earlier_loras_and_its_options(tmp_path, monkeypatch):
-    snapshots = record_after_each_phase(monkeypatch)
+    recorder = PhaseRecorder()
     backbone = load_backbone("tiny-random-llama", seed=3)
     config = tiny_config(tmp_path, "nlora", tasks=["sentiment", "reverse"], method_options={"nlora": {"lambda1": 1e-3}})
-    loop.run(config, backbone=backbone)
+    run(config, backbone=backbone, callbacks=[recorder])
+    snapshots = recorder.records
     assert all(bank.num_loras == 2 for bank in find_lora_banks(backbone.model).values())
     keys = [k for k in snapshots[0] if ".lora_A.0" in k or ".lora_B.0" in k]
     assert keys and all(torch.equal(snapshots[1][k], snapshots[0][k]) for k in keys)
