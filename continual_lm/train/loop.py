@@ -29,7 +29,7 @@ from ..eval.general import measure_run_general
 from ..io_utils import atomic_write_json
 from ..methods.base import Method, Phase, RunContext, TrainExample, build_method, protocol
 from .checkpoint import RunDir
-from .run_record import data_fingerprint
+from .run_record import data_fingerprint, identity
 from .corpus_stream import check_corpus_method, corpus_tasks_in_blocks
 from .engine import check_engine, end_training, engine_name, start_training
 
@@ -164,6 +164,7 @@ class ContinualRunner:
         method.context = RunContext(config, self.tasks, self.collator, accelerator, self.run_dir.path)
         self.consumed_task_indices: list[set[int]] = []  # which tasks' data each trained phase consumed
         self.data_fingerprint: dict[str, Any] | None = None  # hashes of the stream as read (train/run_record.py)
+        self.trainable_per_phase: dict[int, int] = {}  # parameters trainable in each phase (results "parameters")
 
     # ---- state helpers ---------------------------------------------------------------------------------------
 
@@ -332,6 +333,7 @@ class ContinualRunner:
             self._load_params(initial, "the initial state")
         self.method.before_task(self.model, phase.row, self.tasks[phase.row])
         self._mark_trainable()
+        self.trainable_per_phase[phase.row] = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
 
     def _initial_state(self) -> dict[str, torch.Tensor]:
         self._mark_trainable()
@@ -341,15 +343,24 @@ class ContinualRunner:
         """Rebuild the model as it was after the last trained phase (for predict/export/merge/analyses)."""
         state = self.run_dir.read_state()
         phases = self.method.schedule(len(self.tasks), self.config.eval_all_tasks)
-        trained = [p for p in phases if state["phases"].get(str(p.row), {}).get("trained")]
+        trained = [p.row for p in phases if state["phases"].get(str(p.row), {}).get("trained")]
         if not trained:
             raise ContinualLMError(f"{self.run_dir.path}: no phase has finished training yet; nothing to load")
+        self.restore_phases(trained)
+        self.load_phase(trained[-1])
+        return trained[-1]
+
+    def restore_phases(self, rows: list[int], trainable: dict[str, torch.Tensor] | None = None,
+                       where: str = "") -> None:
+        """Grow and freeze the model's structure through the phases ``rows`` as training did (weights not trained),
+        load ``trainable`` (an export's state, read from ``where``) when given, and switch to evaluation mode."""
         initial = self._initial_state()
-        for phase in trained:
-            self._start_phase(phase, initial)
-        self.load_phase(trained[-1].row)
+        for phase in self.method.schedule(len(self.tasks), self.config.eval_all_tasks):
+            if phase.row in rows:
+                self._start_phase(phase, initial)
+        if trainable is not None:
+            self._load_params(trainable, where)
         self.model.eval()
-        return trained[-1].row
 
     def run(self) -> dict[str, Any]:
         """Run (or resume) every phase, then write results.json; the main process holds the run directory's lock
@@ -410,6 +421,15 @@ class ContinualRunner:
         measure_run_general(self, state, "after")
         return self.finish(state, phases)
 
+    def parameter_counts(self) -> dict[str, Any]:
+        """The cost columns of reports: parameters trainable in the largest phase, parameters the run keeps beyond
+        the base model (every parameter ever trained + the method's tensors: frozen LoRAs, selectors, Fisher
+        matrices, ...), that over the number of tasks, and the model's parameters (LoRAs and prompts included)."""
+        stored = _numel(self.trainable_state().values()) + _numel(self.method.extra_state()[0].values())
+        return {"trainable": max(self.trainable_per_phase.values(), default=0), "stored": stored,
+                "stored_per_task": round(stored / max(len(self.tasks), 1), 1),
+                "model": _numel(self.model.parameters())}
+
     def finish(self, state: dict[str, Any], phases: list[Phase]) -> dict[str, Any]:
         from ..eval.cl_metrics import cl_metrics
 
@@ -449,6 +469,8 @@ class ContinualRunner:
             "protocol": {**protocol(self.method), "task_names_in_prompts": bool(self.config.prompt_task_name)},
             "pet_kind": self.method.pet_kind,
             "preset": self.run_dir.read_preset(),
+            "config": identity(self.config),  # what the run computes (train/run_record.py): reports group by it
+            "parameters": self.parameter_counts(),
         }
         if any(t.kind == CORPUS for t in self.tasks):  # continual pre-training: the end tasks' macro-F1 too
             f1 = [[None] * T for _ in range(T)]
@@ -474,6 +496,10 @@ class ContinualRunner:
         return results
 
 
+def _numel(tensors) -> int:
+    return sum(t.numel() for t in tensors)
+
+
 def _device_name(device: torch.device) -> str:
     """What the run trained on, for results.json: the accelerator's name, or the CPU and its thread count."""
     if device.type == "cuda":
@@ -488,11 +514,13 @@ def _cpu_processes() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available()
 
 
-def build_runner(config: RunConfig, path: Path, *, backbone=None, for_training: bool = True) -> ContinualRunner:
+def build_runner(config: RunConfig, path: Path, *, backbone=None, for_training: bool = True,
+                 stream: Stream | None = None) -> ContinualRunner:
     """Everything a run needs, built from its configuration: stream, backbone, method (set up), accelerator.
     Writes nothing (train/assemble.py decides what happens to the run directory, after this succeeded).
     ``for_training``: also read and check the run's FWT reference (``--single-task-from``), as a run needs it;
-    loading a finished run for predict/export/merge does not."""
+    loading a finished run for predict/export/merge does not. ``stream``: the tasks (an export's task definitions,
+    api.py) instead of the configuration's data."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
@@ -506,7 +534,7 @@ def build_runner(config: RunConfig, path: Path, *, backbone=None, for_training: 
                               cpu=cpu_processes, log_with=None if config.report_to == "none" else config.report_to,
                               project_dir=str(path))
     check_engine(accelerator, method, config)
-    stream = load_stream_for(config)
+    stream = stream or load_stream_for(config)
     check_corpus_method(method, stream.tasks)
     fingerprint = data_fingerprint(stream, config)  # of the tasks as read (before corpus blocks)
     single_task = None
