@@ -135,3 +135,21 @@ def test_html_renders_in_headless_chromium(tmp_path):
     pixels = imread(shot)
     assert pixels.shape[:2] == (1600, 1200)
     assert pixels.std() > 0.05  # tables and figures drawn, not a blank page
+
+
+def test_a_report_inside_a_run_directory_keeps_it_a_run(tmp_path):
+    """`continual-lm report RUN_DIR` writes RUN_DIR/comparison/: --resume and --overwrite still see a run with nothing
+    of the user's in it; a comparison/ folder holding anything else is the user's and stays protected."""
+    import json
+
+    from continual_lm.train.checkpoint import RunDir
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "run.json").write_text(json.dumps({"continual_lm_run": 1, "config": {}, "data": {}}))
+    (run_dir / "results.json").write_text(json.dumps(RUNS[0]))
+    assert main(["report", str(run_dir), "--formats", "md", "csv"]) == 0
+    assert sorted(p.name for p in (run_dir / "comparison").iterdir()) == ["comparison.csv", "comparison.md"]
+    assert RunDir(run_dir).contents().kind == "run" and RunDir(run_dir).contents().foreign == []
+    (run_dir / "comparison" / "notes.txt").write_text("mine")
+    assert RunDir(run_dir).contents().foreign == ["comparison/"]

@@ -29,7 +29,7 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     "method_options.migu.threshold": 0.7}."""
     flat: dict[str, Any] = {}
     for key, value in data.items():
-        if isinstance(value, dict) and value:
+        if isinstance(value, dict):  # an empty mapping (a method without options) adds nothing
             flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
@@ -133,9 +133,11 @@ def load_runs(paths: Sequence[str | Path]) -> list[dict]:
 
 
 def _recorded_identity(run_dir: Path) -> dict[str, Any] | None:
-    """The identity of the run in ``run_dir`` from its run.json, else its config.yaml; None when neither is usable
-    (the run is then grouped by what its results.json says)."""
+    """The identity of the run in ``run_dir`` from its run.json, else its config.yaml (with the method options'
+    defaults filled in, as a run of this version records them); None when neither is usable (the run is then grouped
+    by what its results.json says)."""
     from ..config import RunConfig
+    from ..train.assemble import resolve_config
     from ..train.run_record import identity
 
     record = run_dir / "run.json"
@@ -146,6 +148,10 @@ def _recorded_identity(run_dir: Path) -> dict[str, Any] | None:
     except (OSError, ValueError, AttributeError):
         pass
     try:
-        return identity(RunConfig.from_yaml(run_dir / "config.yaml"))
+        config = RunConfig.from_yaml(run_dir / "config.yaml")
     except (OSError, ContinualLMError, TypeError, ValueError):
         return None
+    try:
+        return identity(resolve_config(config))
+    except (ContinualLMError, TypeError, ValueError):  # e.g. a method this version no longer has
+        return identity(config)

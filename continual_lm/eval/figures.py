@@ -128,14 +128,37 @@ def plot_matrix_heatmap(results: dict, path) -> Path:
     return save_png(fig, path)
 
 
+SINGLE_PLOT_TASKS = 8  # up to this many tasks: one plot, a distinct colour each (tab10); beyond: one panel each
+
+
 def plot_task_trajectories(results: dict, path) -> Path:
-    """Small multiples, one panel per task (in stream order): its score after each training step, the step that
-    trained it marked. Readable at 15-20 tasks, where one line per task in a single plot is not."""
+    """Each task's score after each training step of the stream, the step that trained it marked. Up to
+    ``SINGLE_PLOT_TASKS`` tasks share one plot (distinct colours, legend beside it); longer streams get small
+    multiples, one panel per task in stream order, readable at 15-20 tasks where one plot's lines and labels are
+    not."""
     tasks = _tasks(results)
     matrix = results["matrix"]
     per_task = results.get("metric_per_task") or {}
     t = len(tasks)
-    columns = min(t, 5)
+    series = [[(i + 1, row[j]) for i, row in enumerate(matrix) if row[j] is not None] for j in range(t)]
+    title = f"Per-task trajectories: {_run_title(results)}"
+    if t <= SINGLE_PLOT_TASKS:
+        fig = new_figure(max(5.0, 0.6 * t + 4.0), 4.0)
+        ax = fig.add_subplot()
+        for j, points in enumerate(series):
+            if points:
+                xs, ys = zip(*points)
+                ax.plot(xs, ys, marker="os^Dv<>p"[j], color=f"C{j}",
+                        label=f"{j + 1}. {tasks[j]} ({metric_label(per_task.get(tasks[j]))})")
+        ax.set_xticks(range(1, t + 1))
+        ax.set_xlabel("after training task (stream position)")
+        ax.set_ylabel("score (0..100)")
+        ax.set_ylim(-2, 102)
+        ax.grid(alpha=0.3)
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        return save_png(fig, path)
+    columns = 5
     rows = math.ceil(t / columns)
     fig = new_figure(2.6 * columns + 0.6, 2.1 * rows + 0.8)
     axes = fig.subplots(rows, columns, sharex=True, sharey=True, squeeze=False)
@@ -144,23 +167,21 @@ def plot_task_trajectories(results: dict, path) -> Path:
         if j >= t:
             ax.set_visible(False)
             continue
-        points = [(i + 1, row[j]) for i, row in enumerate(matrix) if row[j] is not None]
         ax.axvline(j + 1, color="grey", linestyle=":", linewidth=1)
-        if points:
-            xs, ys = zip(*points)
+        if series[j]:
+            xs, ys = zip(*series[j])
             ax.plot(xs, ys, marker="o", markersize=3, color="tab:blue")
             ax.annotate(f"{ys[-1]:.0f}", (xs[-1], ys[-1]), xytext=(3, 3), textcoords="offset points", fontsize=7)
         ax.set_title(f"{j + 1}. {tasks[j]}"[:32], fontsize=8)
-        ax.set_ylim(-5, 105)
-        ax.set_xlim(0.5, t + 0.5)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
         ax.text(0.02, 0.04, metric_label(per_task.get(tasks[j])), transform=ax.transAxes, fontsize=6, color="grey")
-    step = 1 if t <= 10 else 2 if t <= 20 else 5
-    axes[0][0].set_xticks(range(1, t + 1, step))
+    axes[0][0].set_ylim(-5, 105)
+    axes[0][0].set_xlim(0.5, t + 0.5)
+    axes[0][0].set_xticks(range(1, t + 1, 1 if t <= 10 else 2 if t <= 20 else 5))
     fig.supxlabel("after training task (stream position); dotted: the step that trains the panel's task", fontsize=8)
     fig.supylabel("score (0..100)", fontsize=8)
-    fig.suptitle(f"Per-task trajectories: {_run_title(results)}", fontsize=10)
+    fig.suptitle(title, fontsize=10)
     return save_png(fig, path)
 
 
