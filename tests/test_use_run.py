@@ -238,3 +238,22 @@ def test_results_record_the_cost_and_the_configuration(inclora_run):
     assert results["parameters"]["stored_per_task"] == one_lora
     assert results["config"] == json.loads((run_dir / "run.json").read_text())["config"]
     assert results["config"]["lr"] == 2e-2 and "seed" in results["config"]
+
+
+def test_a_failed_push_is_a_clear_error_and_keeps_the_export(tmp_path, monkeypatch):
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from continual_lm.hub import push_to_hub
+
+    def refuse(self, repo_id, **kw):
+        import httpx
+
+        request = httpx.Request("POST", "https://huggingface.co/api/repos/create")
+        raise HfHubHTTPError("401 Client Error: Unauthorized", response=httpx.Response(401, request=request))
+
+    monkeypatch.setattr(HfApi, "create_repo", refuse)
+    (tmp_path / "README.md").write_text("card")
+    with pytest.raises(ContinualLMError, match="--push-to-hub me/x: 401.*export itself is complete"):
+        push_to_hub(tmp_path, "me/x")
+    assert (tmp_path / "README.md").read_text() == "card"

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ContinualLMError
+from .tables import cell, fmt, table
 
 METRIC = "acc"
 
@@ -125,8 +126,6 @@ def measure_run_general(runner, state: dict[str, Any], when: str) -> None:
 
 def general_markdown(general: dict[str, Any]) -> str:
     """The before/after table of ``results.json["general"]``: one row per task, the change, and the average."""
-    from .report import _cell, _fmt, _table
-
     before, after = general.get("before") or {}, general.get("after") or {}
     rows, deltas = [], []
     for task in general.get("tasks", []):
@@ -134,14 +133,14 @@ def general_markdown(general: dict[str, Any]) -> str:
         delta = a - b if a is not None and b is not None else None
         if delta is not None:
             deltas.append(delta)
-        rows.append([_cell(task), _fmt(b, 2), _fmt(a, 2), _fmt(delta, 2)])
+        rows.append([cell(task), fmt(b, 2), fmt(a, 2), fmt(delta, 2)])
 
     def mean(values):
         values = [v for v in values if v is not None]
         return sum(values) / len(values) if values else None
 
     tasks = general.get("tasks", [])
-    rows.append(["avg", _fmt(mean([before.get(t) for t in tasks]), 2), _fmt(mean([after.get(t) for t in tasks]), 2),
-                 _fmt(mean(deltas), 2)])
+    rows.append(["avg", fmt(mean([before.get(t) for t in tasks]), 2), fmt(mean([after.get(t) for t in tasks]), 2),
+                 fmt(mean(deltas), 2)])
     return (f"General abilities (lm-eval, {general.get('metric', METRIC)} x 100; base model before the stream, "
-            f"final model after it):\n\n" + _table(["task", "before", "after", "change"], rows))
+            f"final model after it):\n\n" + table(["task", "before", "after", "change"], rows))
