@@ -329,6 +329,8 @@ def cmd_predict(args) -> int:
 def cmd_export(args) -> int:
     from .api import export_run, load_run
 
+    if args.private and not args.push_to_hub:
+        raise ContinualLMError("--private applies to the repository --push-to-hub creates; give --push-to-hub REPO")
     loaded = load_run(args.run_dir, trust_remote_code=args.trust_remote_code, allow_unfinished=args.allow_unfinished)
     summary = export_run(loaded, args.out, args.format, push_to_hub=args.push_to_hub, private=args.private)
     print(json.dumps(summary, indent=2))

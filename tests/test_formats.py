@@ -119,6 +119,9 @@ def test_report_writes_every_format_beside_the_runs(tmp_path, monkeypatch, capsy
     (tmp_path / "file").write_text("x")
     assert main(["report", str(tmp_path / "runs"), "--output", str(tmp_path / "file")]) == 2
     assert "is a file" in capsys.readouterr().err
+    # the old `--output table.md` (a file) is refused, not turned into a folder named table.md
+    assert main(["report", str(tmp_path / "runs"), "--output", str(tmp_path / "table.md")]) == 2
+    assert "--output is now the folder" in capsys.readouterr().err and not (tmp_path / "table.md").exists()
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="Chromium is not installed (Debian: apt-get install "

@@ -257,3 +257,8 @@ def test_a_failed_push_is_a_clear_error_and_keeps_the_export(tmp_path, monkeypat
     with pytest.raises(ContinualLMError, match="--push-to-hub me/x: 401.*export itself is complete"):
         push_to_hub(tmp_path, "me/x")
     assert (tmp_path / "README.md").read_text() == "card"
+
+
+def test_private_without_push_to_hub_is_refused_before_anything_is_written(tmp_path, capsys):
+    assert main(["export", str(tmp_path / "no-run"), str(tmp_path / "exp"), "--private"]) == 2
+    assert "--private" in capsys.readouterr().err and not (tmp_path / "exp").exists()

@@ -53,6 +53,9 @@ def write_comparison(results_list: Sequence[dict], out: str | Path, formats: Seq
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ContinualLMError(f"--output {out} is a file; give a folder for the comparison's files")
+    if not out.exists() and out.suffix.lower() in {".md", ".csv", ".tex", ".html", ".png"}:
+        raise ContinualLMError(f"--output {out}: looks like a file name; --output is now the folder for the "
+                               f"comparison's files (comparison.md, ...), --formats chooses them")
     out.mkdir(parents=True, exist_ok=True)
     repeated = is_repeated(results_list)
     written = []
