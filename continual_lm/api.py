@@ -20,8 +20,9 @@ import torch
 from safetensors.torch import save_file
 
 from .data.tasks import GENERATION, ROUGE_L, Task
+from .data.stream import stream_definition
 from .errors import ContinualLMError
-from .io_utils import atomic_write_json
+from .io_utils import atomic_write_json, atomic_write_text, atomic_write_yaml
 from .models.inject import find_lora_banks
 from .train.checkpoint import RunDir
 
@@ -131,11 +132,14 @@ class LoadedRun:
 
 
 def load_run(run_dir: str | Path, *, trust_remote_code: bool = False, allow_unfinished: bool = False) -> LoadedRun:
-    """The final model of a run directory, ready to predict, export or merge. The model's own code runs only with
-    ``trust_remote_code``; a run that has not finished (no results.json) is refused unless ``allow_unfinished``
-    (then its model after the last trained phase is used)."""
+    """The final model of a run directory, ready to predict, export or merge; or of an export folder in
+    continual_lm's own format (``continual-lm export`` of amlora, sapt, moelora, ...), ready to predict. The model's
+    own code runs only with ``trust_remote_code``; a run that has not finished (no results.json) is refused unless
+    ``allow_unfinished`` (then its model after the last trained phase is used)."""
     from .train.assemble import load_final_runner
 
+    if (Path(run_dir) / EXPORT_JSON).is_file():
+        return _load_export(Path(run_dir), trust_remote_code=trust_remote_code)
     run_dir = RunDir(run_dir)
     if not run_dir.results_path.exists() and not allow_unfinished:
         trained = sum(bool(p.get("trained")) for p in run_dir.read_state()["phases"].values())
@@ -147,6 +151,64 @@ def load_run(run_dir: str | Path, *, trust_remote_code: bool = False, allow_unfi
 
 
 # ---- export ------------------------------------------------------------------------------------------------------
+EXPORT_JSON = "export.json"
+OWN_FORMAT = "banks.safetensors"  # every trained parameter (LoRA banks, selectors, routers) of an own-format export
+STREAM_JSON = "stream.json"  # the tasks' definitions (no examples): what predict needs to format and decode
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ContinualLMError(f"{path} cannot be read ({err}); the export folder is incomplete") from None
+
+
+def _load_export(path: Path, *, trust_remote_code: bool) -> LoadedRun:
+    """The model of an own-format export folder: the method's structure rebuilt through the exported phases from
+    config.yaml and stream.json, then every trained parameter loaded from banks.safetensors."""
+    import dataclasses
+
+    from safetensors.torch import load_file
+
+    from .config import RunConfig
+    from .data.stream import stream_from_definition
+    from .train.assemble import build_runner
+
+    summary = _read_json(path / EXPORT_JSON)
+    if not isinstance(summary, dict) or summary.get("own_format") != OWN_FORMAT:
+        combined = f" load {path / 'combined'} with peft.PeftModel.from_pretrained;" if isinstance(summary, dict) \
+            and summary.get("combined") else ""
+        raise ContinualLMError(f"{path} is an export of peft adapters, not in continual_lm's own format:{combined} "
+                               f"see its README.md")
+    for name in ("config.yaml", STREAM_JSON, OWN_FORMAT):
+        if not (path / name).is_file():
+            raise ContinualLMError(f"{path}: {name} is missing; the export folder is incomplete")
+    config = RunConfig.from_yaml(path / "config.yaml")
+    if config.trust_remote_code and not trust_remote_code:
+        raise ContinualLMError(f"{path} was trained with --trust-remote-code: its model ({config.model}) runs its own "
+                               f"code. Pass --trust-remote-code to load it, only if you trust that code")
+    config = dataclasses.replace(config, trust_remote_code=trust_remote_code, progress=False)
+    stream = stream_from_definition(_read_json(path / STREAM_JSON), str(path / STREAM_JSON))
+    runner = build_runner(config, path, stream=stream, for_training=False)
+    runner.restore_phases(list(summary["trained_phases"]), load_file(str(path / OWN_FORMAT)),
+                          str(path / OWN_FORMAT))
+    return LoadedRun(path, runner)
+
+
+def _trained_phases(run: LoadedRun) -> list[int]:
+    state = run.runner.run_dir.read_state()
+    return sorted(int(row) for row, phase in state["phases"].items() if phase.get("trained"))
+
+
+def _portable_config(run: LoadedRun) -> dict[str, Any]:
+    """The run's configuration without where its data, reference runs and outputs lay on this machine (an export
+    carries its tasks in stream.json)."""
+    from .train.run_record import LOCATIONS
+
+    data = run.config.to_dict()
+    for key in (*LOCATIONS, "output_dir", "unseen_tasks", "general_tasks"):
+        data[key] = None
+    return data
 def _is_static(run: LoadedRun) -> bool:
     banks = find_lora_banks(run.model)
     return bool(banks) and all(bank.mixer is None for bank in banks.values())
@@ -197,6 +259,12 @@ def _not_in_weights_error(run: LoadedRun, reason: str, command: str) -> Continua
                             f"predict {run.path} ...` or continual_lm.load_run")
 
 
+def _base_model(run: LoadedRun) -> str:
+    """The base model an adapter names: the Hub id of an alias (smollm2-135m -> HuggingFaceTB/SmolLM2-135M-Instruct)
+    or of a hub model, else the model as the run gave it (a folder, a .gguf file, a tiny test model)."""
+    return _hub_model(run) or run.config.model
+
+
 def _peft_adapter(run: LoadedRun, out: Path, pieces: dict[str, tuple[torch.Tensor, torch.Tensor]], rank: int,
                   alpha: float) -> None:
     from peft import LoraConfig
@@ -205,7 +273,7 @@ def _peft_adapter(run: LoadedRun, out: Path, pieces: dict[str, tuple[torch.Tenso
     suffixes = sorted({name.rsplit(".", 1)[-1] for name in pieces})
     task_type = "SEQ_2_SEQ_LM" if run.runner.backbone.is_seq2seq else "CAUSAL_LM"
     LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=lora.dropout, target_modules=suffixes, task_type=task_type,
-               base_model_name_or_path=run.runner.backbone.source).save_pretrained(str(out))
+               base_model_name_or_path=_base_model(run)).save_pretrained(str(out))
     tensors = {}
     for name, (A, B) in pieces.items():
         tensors[f"base_model.model.{name}.lora_A.weight"] = A.detach().contiguous().cpu()
@@ -213,10 +281,16 @@ def _peft_adapter(run: LoadedRun, out: Path, pieces: dict[str, tuple[torch.Tenso
     save_file(tensors, str(out / "adapter_model.safetensors"))
 
 
-def export_run(run: LoadedRun, out: str | Path, fmt: str = "peft") -> dict[str, Any]:
+def export_run(run: LoadedRun, out: str | Path, fmt: str = "peft", *, push_to_hub: str | None = None,
+               private: bool = False) -> dict[str, Any]:
     """Write every task's LoRA as a peft adapter folder; for sum-of-LoRA methods also one combined adapter that
     reproduces the run. Input-dependent mixtures (AM-LoRA, SAPT, MoELoRA) are exported in the project's own format
-    (banks + selector, safetensors) next to the per-task adapters, and the summary says so."""
+    (banks + selector in safetensors, config.yaml, the tasks' definitions in stream.json: ``load_run(out)`` loads
+    it) next to the per-task adapters. Every export is Hub-ready: adapters name the Hub id of the base model, and a
+    model card (README.md) describes the stream, the method, the metrics and how to load it. ``push_to_hub``: also
+    upload the folder to that Hub repository (created if absent)."""
+    from .hub import model_card
+
     if fmt != "peft":
         raise ContinualLMError(f"--format {fmt!r}: expected 'peft'")
     if _evaluated_model(run) is not None:
@@ -245,7 +319,12 @@ def export_run(run: LoadedRun, out: str | Path, fmt: str = "peft") -> dict[str, 
         _peft_adapter(run, folder, {n: (b.lora_A[index], b.lora_B[index]) for n, b in banks.items()}, lora.r,
                       lora.alpha)
         written.append(folder.name)
-    summary: dict[str, Any] = {"method": run.config.method, "model": run.config.model, "tasks": written}
+    from . import __version__
+
+    summary: dict[str, Any] = {"method": run.config.method, "model": run.config.model, "base_model": _base_model(run),
+                               "benchmark": run.runner.stream.benchmark, "order": run.runner.stream.order,
+                               "task_names": [t.name for t in run.tasks], "tasks": written,
+                               "trained_phases": _trained_phases(run), "continual_lm": __version__}
     if _is_static(run):
         stacked = {n: b.stacked() for n, b in banks.items()}
         # scaling alpha/r per LoRA == (alpha*T) / (r*T) for the rank-(r*T) concatenation
@@ -257,17 +336,34 @@ def export_run(run: LoadedRun, out: str | Path, fmt: str = "peft") -> dict[str, 
         # every LoRA, also those never trained (InfLoRA-style designed down-projections of GainLoRA)
         state.update({f"{n}.{k}": p for n, b in banks.items() for k, p in b.named_parameters()
                       if k.startswith("lora_")})
-        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp / "banks.safetensors"))
-        shutil.copy(RunDir(run.path).config_path, tmp / "config.yaml")
-        summary["own_format"] = "banks.safetensors"
+        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp / OWN_FORMAT))
+        atomic_write_yaml(tmp / "config.yaml", _portable_config(run))
+        atomic_write_json(tmp / STREAM_JSON, stream_definition(run.runner.stream, run.runner.collator.max_new_tokens))
+        summary["own_format"] = OWN_FORMAT
         summary["note"] = (f"{run.config.method} mixes its LoRAs input-dependently, which a static peft adapter "
-                           f"cannot express: banks.safetensors + config.yaml hold the LoRA banks and the selector in "
-                           f"continual_lm's own format (load with continual_lm.load_run on a run directory); the "
-                           f"per-task folders are standard peft adapters of the individual LoRAs")
-    atomic_write_json(tmp / "export.json", summary)
+                           f"cannot express: {OWN_FORMAT} + config.yaml + {STREAM_JSON} hold the LoRA banks, the "
+                           f"selector and the tasks' definitions in continual_lm's own format: load this folder with "
+                           f"continual_lm.load_run; the per-task folders are standard peft adapters of the "
+                           f"individual LoRAs")
+    results_path = run.path / "results.json"
+    results = json.loads(results_path.read_text(encoding="utf-8")) if results_path.is_file() else None
+    atomic_write_json(tmp / EXPORT_JSON, summary)
+    atomic_write_text(tmp / "README.md", model_card(summary, results, base_model=_hub_model(run),
+                                                    model=run.config.model, seq2seq=run.runner.backbone.is_seq2seq))
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
+    if push_to_hub:
+        from .hub import push_to_hub as push
+
+        summary["pushed"] = push(out, push_to_hub, private=private)
     return summary
+
+
+def _hub_model(run: LoadedRun) -> str | None:
+    """The Hub id of the run's base model (model card front matter), None for local and tiny test models."""
+    from .models.backbone import hub_id
+
+    return hub_id(run.config.model)
 
 
 def merge_run(run: LoadedRun, out: str | Path) -> Path:

@@ -259,46 +259,20 @@ def _sweep(config, orders: list, seeds: list[int], args) -> int:
     return 0
 
 
-def _load_results(paths: list[str]) -> list[dict]:
-    from .eval.report import results_problem
-
-    results = []
-    for given in paths:
-        path = Path(given)
-        files = [path] if path.is_file() else sorted(path.glob("**/results.json"))
-        if not files:
-            raise ContinualLMError(f"{given}: no results.json found (expected a run directory or a parent of runs)")
-        for file in files:
-            try:
-                data = json.loads(file.read_text())
-            except json.JSONDecodeError as err:
-                raise ContinualLMError(f"{file} is not valid JSON: {err}") from None
-            problem = results_problem(data)
-            if problem:
-                raise ContinualLMError(f"{file} is not a continual_lm results.json: {problem}")
-            results.append(data)
-    return results
-
-
 def cmd_report(args) -> int:
-    from .eval.aggregate import aggregate_markdown, is_repeated, plot_ap_distribution
-    from .eval.report import comparison_markdown, plot_comparison_bars
-    from .io_utils import atomic_write_text
+    from .eval.aggregate import aggregate_markdown, is_repeated
+    from .eval.comparison import default_output_dir, write_comparison
+    from .eval.experiments import load_runs
+    from .eval.report import comparison_markdown
 
-    results = _load_results(args.runs)
+    results = load_runs(args.runs)
     table = comparison_markdown(results)
     if is_repeated(results):
         table += "\n\n" + aggregate_markdown(results)
     print(table)
-    if args.output:
-        atomic_write_text(args.output, table + "\n")
-    if args.plot:
-        plot_comparison_bars(results, args.plot)
-        print(f"\nbar chart: {args.plot}")
-        if is_repeated(results):
-            box = Path(args.plot).with_name(Path(args.plot).stem + "_ap_box.png")
-            plot_ap_distribution(results, box)
-            print(f"AP across seeds/orders: {box}")
+    out = Path(args.output) if args.output else default_output_dir(args.runs)
+    written = write_comparison(results, out, args.formats)
+    print(f"\ncomparison written to {out}: {', '.join(p.name for p in written)}")
     return 0
 
 
@@ -365,8 +339,10 @@ def cmd_predict(args) -> int:
 def cmd_export(args) -> int:
     from .api import export_run, load_run
 
+    if args.private and not args.push_to_hub:
+        raise ContinualLMError("--private applies to the repository --push-to-hub creates; give --push-to-hub REPO")
     loaded = load_run(args.run_dir, trust_remote_code=args.trust_remote_code, allow_unfinished=args.allow_unfinished)
-    summary = export_run(loaded, args.out, args.format)
+    summary = export_run(loaded, args.out, args.format, push_to_hub=args.push_to_hub, private=args.private)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -387,6 +363,7 @@ def cmd_analyze(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .version import __version__
+    from .eval.comparison import FORMATS
 
     parser = argparse.ArgumentParser(prog="continual-lm", description="Continual learning of language models "
                                      "with parameter-efficient fine-tuning.")
@@ -406,10 +383,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_arguments(run_parser)
     run_parser.set_defaults(func=cmd_run)
 
-    report = sub.add_parser("report", help="compare finished runs in one markdown table (+ bar chart)")
+    report = sub.add_parser("report", help="compare finished runs: markdown, CSV, LaTeX, a self-contained HTML report "
+                                           "and figures, beside the runs")
     report.add_argument("runs", nargs="+", help="run directories, results.json files, or parents of runs")
-    report.add_argument("--output", help="also write the markdown table to this file")
-    report.add_argument("--plot", default="comparison.png", help="bar chart PNG path ('' to skip)")
+    report.add_argument("--output", metavar="DIR", help="folder for the comparison's files (default: comparison/ in "
+                                                         "the given directory, or in the folder holding all given paths)")
+    report.add_argument("--formats", nargs="+", default=list(FORMATS), choices=FORMATS, metavar="FORMAT",
+                        help=f"which files to write: {' '.join(FORMATS)} (default: all)")
     report.set_defaults(func=cmd_report)
 
     listing = sub.add_parser("list", help="benchmarks, orders, methods and models")
@@ -422,10 +402,14 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=int, default=None)
     predict.set_defaults(func=cmd_predict)
 
-    export = sub.add_parser("export", help="every task's LoRA as a peft adapter folder (+ a combined one)")
+    export = sub.add_parser("export", help="every task's LoRA as a peft adapter folder (+ a combined one, or the "
+                                           "own format for input-dependent mixtures) with a model card")
     export.add_argument("run_dir")
     export.add_argument("out")
     export.add_argument("--format", default="peft", help="peft (default)")
+    export.add_argument("--push-to-hub", metavar="REPO", help="also upload the export folder to this Hugging Face Hub "
+                                                               "model repository (created if absent; your HF token)")
+    export.add_argument("--private", action="store_true", help="with --push-to-hub: create the repository private")
     export.set_defaults(func=cmd_export)
 
     merge = sub.add_parser("merge", help="a standalone HF model folder with the LoRAs merged (static methods)")

@@ -201,6 +201,17 @@ def test_attention_json_and_heatmaps_are_written_and_shown_in_the_report(all_mod
         png = out / f"amlora_attention_{projection}_heatmap.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert png.name in report
+    # the per-task routing: each input task's weight on each LoRA, the mean over the adapted layers
+    from continual_lm.eval.figures import routing_by_task
+
+    rows, loras, matrix = routing_by_task(record)
+    assert rows == TASKS and loras == ["zero", *TASKS]
+    for task, shares in zip(TASKS, matrix):
+        layers = list(record["per_task"][task].values())
+        assert shares == pytest.approx([sum(w[i] for w in layers) / len(layers) for i in range(len(loras))])
+        assert sum(shares) == pytest.approx(1.0, abs=1e-4)
+    assert (out / "amlora_routing_heatmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "amlora_routing_heatmap.png" in report
 
 
 def test_padding_is_masked_out_of_the_recorded_means(all_mode_run):

@@ -69,10 +69,22 @@ def test_run_report_markdown_contents():
     assert "| sst2 | accuracy | 60.00 |" in md
     assert "| boolq | accuracy | 85.00 |" in md
     assert "| summ | rougeL | 75.25 |" in md
-    assert "| 12.3 | 5.6 | 17.9 |" in md
+    assert "| – | – | 12.3 | 5.6 |" in md and "Total time: 17.9 s." in md  # cost: no parameter counts recorded
     assert "- torch: 2.4.0" in md
     assert "## Figures" not in md
+    assert "## Score matrix" in md  # accuracy and Rouge-L columns: not an "Accuracy matrix"
+    assert "## Configuration" not in md  # nothing recorded
 
+
+def test_run_report_names_the_metric_and_lists_the_resolved_options():
+    r = make_results(metric_per_task={"sst2": "accuracy", "boolq": "accuracy", "summ": "accuracy"},
+                     config={"method": "inclora", "lr": 0.005, "lora": {"r": 8, "alpha": 32.0},
+                             "method_options": {"inclora": {}}},
+                     parameters={"trainable": 3584, "stored": 10752, "stored_per_task": 3584.0, "model": 1000})
+    md = run_report_markdown(r)
+    assert "## Accuracy matrix" in md
+    assert "- lr: 0.005" in md and "- lora.r: 8" in md and "- lora.alpha: 32.0" in md
+    assert "| 3.58K | 3.58K | 12.3 | 5.6 |" in md
 
 def test_run_report_with_single_task_column():
     r = make_results(single_task={"sst2": 85.0, "boolq": 88.0, "summ": None},
@@ -109,9 +121,10 @@ def test_comparison_markdown():
                      metrics={"AP": 51.8333, "F.Ra": 25.0, "FWT": None, "BWT": -25.0})
     md = comparison_markdown([a, b])
     lines = md.splitlines()
-    assert lines[0] == "| method | protocol | AP | F.Ra | FWT | BWT | sst2 | boolq | summ | qa |"
-    assert lines[2] == "| inclora | ? | 73.42 | 13.50 | – | -12.50 | 60.00 | 85.00 | 75.25 | – |"
-    assert lines[3] == "| seqlora | ? | 51.83 | 25.00 | – | -25.00 | 40.00 | 60.00 | – | 55.50 |"
+    assert lines[0] == ("| method | protocol | AP | F.Ra | FWT | BWT | trainable params | stored params/task | train (s) "
+                        "| eval (s) | sst2 | boolq | summ | qa |")
+    assert lines[2] == "| inclora | ? | 73.42 | 13.50 | – | -12.50 | – | – | 12.3 | 5.6 | 60.00 | 85.00 | 75.25 | – |"
+    assert lines[3] == "| seqlora | ? | 51.83 | 25.00 | – | -25.00 | – | – | 12.3 | 5.6 | 40.00 | 60.00 | – | 55.50 |"
     assert "benchmark" not in lines[0] and "order" not in lines[0]
 
 
@@ -146,7 +159,9 @@ def test_plot_comparison_bars(tmp_path):
     out = plot_comparison_bars(runs, tmp_path / "bars.png")
     assert_png(out)
     assert no_temp_files(tmp_path)
-    assert report._unique_labels(runs) == ["inclora (seed=42)", "seqlora", "inclora (seed=1)", "mtl"]
+    assert report.run_labels(runs, hide=()) == ["inclora (seed=42)", "seqlora", "inclora (seed=1)", "mtl"]
+    assert report.run_labels(runs) == ["inclora", "seqlora", "inclora", "mtl"]  # the seed has its own column
+    assert report.run_labels([runs[0], runs[0]]) == ["inclora #1", "inclora #2"]  # alike in everything
 
 
 def test_write_run_report(tmp_path):

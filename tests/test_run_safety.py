@@ -346,8 +346,9 @@ def test_a_full_disk_is_a_clear_error(tmp_path, monkeypatch, capsys):
                                      '{"method": "x", "tasks": ["a"], "matrix": [[50]], "metrics": []}'])
 def test_report_on_a_malformed_results_json_is_a_clear_error(tmp_path, capsys, content):
     (tmp_path / "results.json").write_text(content)
-    assert main(["report", str(tmp_path / "results.json"), "--plot", ""]) == 2
+    assert main(["report", str(tmp_path / "results.json")]) == 2
     assert "results.json" in capsys.readouterr().err
+    assert not (tmp_path / "comparison").exists()  # refused before anything was written
 
 
 @pytest.mark.parametrize("name, content", [("state.json", "[]"), ("state.json", '{"phases": {"0": 5}}'),

@@ -174,6 +174,7 @@ def stream_definition(stream: Stream, max_new_tokens) -> dict[str, Any]:
     def task(t: Task) -> dict[str, Any]:
         return {"name": t.name, "kind": t.kind, "metric": t.metric, "instruction": t.instruction,
                 "template": t.template, "labels": t.labels, "truncate": t.truncate,
+                "extra": {k: v for k, v in t.extra.items() if k == "family"},  # SuperNI's task family
                 "answer": {"stop": list(t.answer.stop), "extract": t.answer.extract,
                            "max_new_tokens": max_new_tokens(t)}}
 
@@ -188,6 +189,7 @@ def stream_from_definition(data: Any, where: str) -> Stream:
             answer = d["answer"]
             return Task(name=d["name"], kind=d["kind"], metric=d["metric"], instruction=d["instruction"], train=[],
                         test=[], labels=d["labels"], template=d["template"], source=where, truncate=d["truncate"],
+                        extra=dict(d.get("extra") or {}),
                         answer=AnswerRule(stop=tuple(answer["stop"]), extract=answer["extract"],
                                           max_new_tokens=answer["max_new_tokens"]))
 

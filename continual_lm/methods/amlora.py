@@ -26,6 +26,7 @@ from .base import LoRAMethod
 
 MODES = ("all", "new")
 ATTENTION_JSON = "amlora_attention.json"
+ROUTING_PNG = "amlora_routing_heatmap.png"  # per input task: its selector weight on each LoRA (mean over layers)
 
 
 class AttentionSelector(nn.Module):
@@ -189,6 +190,9 @@ class AMLoRA(LoRAMethod):
         for projection, rows in group_by_projection(record["mean"]).items():
             path = run_dir / f"amlora_attention_{projection}_heatmap.png"
             plot_attention_heatmap(rows, record["loras"], projection, path)
+        from ..eval.figures import plot_routing
+
+        plot_routing(record, run_dir / ROUTING_PNG)
 
 
 def group_by_projection(mean: dict[str, list[float]]) -> dict[str, dict[str, list[float]]]:
@@ -242,7 +246,7 @@ def plot_attention_heatmap(rows: dict[str, list[float]], loras: list[str], proje
     axes.set_xlabel("LoRA (0 = zero LoRA)")
     axes.set_ylabel("layer")
     axes.set_title(f"AM-LoRA mean selector weights: {projection}", fontsize=9)
-    figure.colorbar(image, ax=axes)
+    figure.colorbar(image, ax=axes, label="mean selector weight g_i")
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110)

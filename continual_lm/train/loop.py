@@ -28,6 +28,7 @@ from ..eval.results import build_results, evaluated_phases
 from ..io_utils import atomic_write_json
 from ..methods.base import Method, Phase, RunContext, TrainExample, protocol
 from .checkpoint import RunDir
+from .run_record import identity
 from ..version import library_versions
 from .engine import device_name, end_training, engine_name, start_training
 
@@ -54,6 +55,7 @@ class ContinualRunner:
         self.state: dict[str, Any] = {"phases": {}}
         self.consumed_task_indices: list[set[int]] = []  # which tasks' data each trained phase consumed
         self.data_fingerprint: dict[str, Any] | None = None  # hashes of the stream as read (train/run_record.py)
+        self.trainable_per_phase: dict[int, int] = {}  # parameters trainable in each phase (results "parameters")
         self.phases = method.schedule(len(self.tasks), config.eval_all_tasks)
         self.evaluated = evaluated_phases(len(self.phases), config.eval_every, config.eval_final_only)
         method.context = RunContext(config, self.tasks, self.collator, accelerator, self.run_dir.path)
@@ -183,6 +185,7 @@ class ContinualRunner:
             self._load_params(initial, "the initial state")
         self.method.before_task(self.model, phase.row, self.tasks[phase.row])
         self._mark_trainable()
+        self.trainable_per_phase[phase.row] = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
 
     def _initial_state(self) -> dict[str, torch.Tensor]:
         self._mark_trainable()
@@ -191,15 +194,34 @@ class ContinualRunner:
     def restore_final(self) -> int:
         """Rebuild the model as it was after the last trained phase (for predict/export/merge/analyses)."""
         state = self.run_dir.read_state()
-        trained = [p for p in self.phases if state["phases"].get(str(p.row), {}).get("trained")]
+        trained = [p.row for p in self.phases if state["phases"].get(str(p.row), {}).get("trained")]
         if not trained:
             raise ContinualLMError(f"{self.run_dir.path}: no phase has finished training yet; nothing to load")
-        initial = self._initial_state()
-        for phase in trained:
-            self._start_phase(phase, initial)
-        self.load_phase(trained[-1].row)
+        self.restore_phases(trained)
+        self.load_phase(trained[-1])
         self.model.eval()
-        return trained[-1].row
+        return trained[-1]
+
+    def restore_phases(self, rows: list[int], trainable: dict[str, torch.Tensor] | None = None,
+                       where: str = "") -> None:
+        """Grow and freeze the model's structure through the phases ``rows`` as training did (weights not trained),
+        load ``trainable`` (an export's state, read from ``where``) when given, and switch to evaluation mode."""
+        initial = self._initial_state()
+        for phase in self.phases:
+            if phase.row in rows:
+                self._start_phase(phase, initial)
+        if trainable is not None:
+            self._load_params(trainable, where)
+        self.model.eval()
+
+    def parameter_counts(self) -> dict[str, Any]:
+        """The cost columns of reports: parameters trainable in the largest phase, parameters the run keeps beyond
+        the base model (every parameter ever trained + the method's tensors: frozen LoRAs, selectors, Fisher
+        matrices, ...), that over the number of tasks, and the model's parameters (LoRAs and prompts included)."""
+        stored = _numel(self.trainable_state().values()) + _numel(self.method.extra_state()[0].values())
+        return {"trainable": max(self.trainable_per_phase.values(), default=0), "stored": stored,
+                "stored_per_task": round(stored / max(len(self.tasks), 1), 1),
+                "model": _numel(self.model.parameters())}
 
     def run(self) -> dict[str, Any]:
         """Run (or resume) every phase, then write results.json; the main process holds the run directory's lock
@@ -288,5 +310,11 @@ class ContinualRunner:
                                 "grad_accum": config.grad_accum,
                                 "global": config.batch_size * self.accelerator.num_processes * config.grad_accum},
                       "protocol": {**protocol(self.method), "task_names_in_prompts": bool(config.prompt_task_name)},
-                      "pet_kind": self.method.pet_kind, "preset": self.run_dir.read_preset()})
+                      "pet_kind": self.method.pet_kind, "preset": self.run_dir.read_preset(),
+                      "config": identity(config),  # what the run computes (train/run_record.py): reports group by it
+                      "parameters": self.parameter_counts()})
+
+
+def _numel(tensors) -> int:
+    return sum(t.numel() for t in tensors)
 
