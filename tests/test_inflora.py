@@ -146,3 +146,27 @@ def test_inflora_composes_with_replay_and_migu_but_not_ewc(tmp_path):
     with pytest.raises(ContinualLMError, match="--inflora-threshold: expected a number in \\(0, 1\\]"):
         from continual_lm.methods.base import build_method
         build_method(tiny_config(tmp_path, "inflora", method_options={"inflora": {"threshold": 0.0}}))
+
+
+@pytest.mark.parametrize("spec", ["inflora+migu", "gainlora+migu"])
+def test_migu_masks_the_trained_up_projections_when_the_down_projection_is_frozen(tmp_path, spec):
+    """InfLoRA (and GainLoRA's InfLoRA base) train only B_t: MIGU must still rank and mask B_t's rows by x_B."""
+    from continual_lm.methods.base import TrainExample
+    from continual_lm.methods.migu import units_to_mask
+
+    from helpers import set_up_method
+
+    method, backbone = set_up_method(tmp_path, spec, ["sentiment"], before_tasks=1)
+    model = backbone.model.train()
+    torch.manual_seed(1)
+    for bank in find_lora_banks(model).values():
+        torch.nn.init.normal_(bank.lora_B[-1], std=0.1)  # B = 0 ties every x_B: nothing could be ranked
+    batch = next(method.context.train_batches([TrainExample(0, e) for e in method.tasks[0].train[:4]]))
+    method.before_forward(model, batch)
+    method.forward(model, batch).loss.backward()
+    method.after_backward(model)
+    migu = method.parts[-1]
+    for name, bank in find_lora_banks(model).items():
+        assert not bank.lora_A[-1].requires_grad and bank.lora_A[-1].grad is None
+        zero_rows = int((bank.lora_B[-1].grad.abs().sum(1) == 0).sum())
+        assert zero_rows == units_to_mask(migu.threshold, bank.out_features), name
