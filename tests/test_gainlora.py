@@ -133,3 +133,21 @@ def test_gainlora_options_compositions_and_engines(tmp_path):
         check_engine(deepspeed, build_method(config), config)
     assert GainLoRA.uses_task_id_at_test is False and GainLoRA.uses_replay is False
     assert math.isclose(2 * torch.sigmoid(torch.tensor(4.0)).item() - 1, 0.9640, abs_tol=1e-4)  # the gate's maximum
+
+
+def test_a_new_key_gets_the_norm_of_a_fresh_key_not_the_previous_trained_one(tmp_path):
+    """get_reg_matrix scales the designed key to the norm of the task's freshly initialised prompt_key (uniform in
+    [-1, 1]: at most sqrt(d)); only trans_input (D, U) is loaded from the previous task (run_t5.py)."""
+    method, backbone = set_up_method(tmp_path, "gainlora", TASKS[:2], before_tasks=1)
+    model = backbone.model
+    examples = [[TrainExample(t, e) for e in method.tasks[t].train[:4]] for t in range(2)]
+    method.train_examples(0, examples[0])
+    with torch.no_grad():
+        method.gates.gates[0].key.mul_(100.0)  # a trained key far from a fresh key's scale
+    method.before_task(model, 1, method.tasks[1])
+    old, new = method.gates.gates
+    assert torch.equal(new.down.weight, old.down.weight) and torch.equal(new.up.weight, old.up.weight)
+    fresh_norm = float(new.key.detach().norm())
+    method.train_examples(1, examples[1])
+    d = new.key.numel()
+    assert float(new.key.detach().norm()) == pytest.approx(fresh_norm, rel=1e-5) and fresh_norm <= math.sqrt(d)

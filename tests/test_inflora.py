@@ -146,3 +146,65 @@ def test_inflora_composes_with_replay_and_migu_but_not_ewc(tmp_path):
     with pytest.raises(ContinualLMError, match="--inflora-threshold: expected a number in \\(0, 1\\]"):
         from continual_lm.methods.base import build_method
         build_method(tiny_config(tmp_path, "inflora", method_options={"inflora": {"threshold": 0.0}}))
+
+
+@pytest.mark.parametrize("spec", ["inflora+migu", "gainlora+migu"])
+def test_migu_masks_the_trained_up_projections_when_the_down_projection_is_frozen(tmp_path, spec):
+    """InfLoRA (and GainLoRA's InfLoRA base) train only B_t: MIGU must still rank and mask B_t's rows by x_B."""
+    from continual_lm.methods.base import TrainExample
+    from continual_lm.methods.migu import units_to_mask
+
+    from helpers import set_up_method
+
+    method, backbone = set_up_method(tmp_path, spec, ["sentiment"], before_tasks=1)
+    model = backbone.model.train()
+    torch.manual_seed(1)
+    for bank in find_lora_banks(model).values():
+        torch.nn.init.normal_(bank.lora_B[-1], std=0.1)  # B = 0 ties every x_B: nothing could be ranked
+    batch = next(method.context.train_batches([TrainExample(0, e) for e in method.tasks[0].train[:4]]))
+    method.before_forward(model, batch)
+    method.forward(model, batch).loss.backward()
+    method.after_backward(model)
+    migu = method.parts[-1]
+    for name, bank in find_lora_banks(model).items():
+        assert not bank.lora_A[-1].requires_grad and bank.lora_A[-1].grad is None
+        zero_rows = int((bank.lora_B[-1].grad.abs().sum(1) == 0).sum())
+        assert zero_rows == units_to_mask(migu.threshold, bank.out_features), name
+
+
+@pytest.mark.parametrize("base", ["inflora", "gainlora", "nlora"])
+def test_composed_with_replay_and_migu_a_run_keeps_each_methods_property(tmp_path, monkeypatch, base):
+    """X+replay+migu runs end to end: replayed examples of task 0 are in phase 1, the earlier LoRA stays frozen, and
+    the method's own guarantee holds on the composition (InfLoRA: A_1 orthogonal to the memory of task 0's inputs;
+    GainLoRA: gate 1 closed on task 0's inputs although the replayed task-0 inputs train it)."""
+    from continual_lm.methods.base import Composite, TrainExample
+
+    snaps = record_after_each_phase(monkeypatch, lambda runner: {
+        "params": {n: p.detach().clone() for n, p in runner.model.named_parameters()},
+        "memory": {n: M.clone() for n, M in getattr(runner.method.base, "memory", {}).items()}})
+    seen = []
+    backbone = load_backbone("tiny-random-llama", seed=3)
+    config = tiny_config(tmp_path, f"{base}+replay+migu", tasks=TASKS, max_train_per_task=6, max_test_per_task=2)
+    runner_method = []
+    real = Composite.train_examples
+
+    def spy(self, task_index, examples):
+        result = real(self, task_index, examples)
+        seen.append(sorted({e.task_index for e in result}))
+        runner_method.append(self)
+        return result
+
+    monkeypatch.setattr(Composite, "train_examples", spy)
+    loop.run(config, backbone=backbone)
+    assert seen == [[0], [0, 1]]  # replay mixes task 0's examples into phase 1
+    keys = [k for k in snaps[0]["params"] if ".lora_A.0" in k or ".lora_B.0" in k]
+    assert keys and all(torch.equal(snaps[1]["params"][k], snaps[0]["params"][k]) for k in keys)
+    method = runner_method[-1].base
+    if base == "inflora":
+        for name, bank in method.banks.items():
+            assert (bank.lora_A[1].detach() @ snaps[0]["memory"][name]).abs().max() < 1e-5
+    if base == "gainlora":
+        batches = method.context.train_batches([TrainExample(0, e) for e in method.tasks[0].train])
+        with torch.no_grad():
+            a = torch.cat([method.gate_values(b) for b in batches])
+        assert a[:, 0].min() > 0.3 and a[:, 1].abs().max() < 1e-4

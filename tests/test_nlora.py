@@ -76,3 +76,21 @@ def test_nlora_run_freezes_earlier_loras_and_its_options(tmp_path, monkeypatch):
         set_up_method(tmp_path, "nlora", ["sentiment"], options={"penalty": "code"})
     with pytest.raises(ContinualLMError, match="--nlora-lambda1: got 2 values, expected one per task \\(1\\)"):
         set_up_method(tmp_path, "nlora", ["sentiment"], options={"lambda1": [0.1, 0.2]})
+
+
+def test_paper_preset_follows_each_llama_script_and_the_lora_config_of_run_n_lora():
+    from continual_lm.config import RunConfig
+    from continual_lm.presets import resolve_preset
+
+    def resolved(family, **settings):
+        return resolve_preset(RunConfig.from_dict({"method": "nlora", "preset": "paper", **settings}), family)[0]
+
+    # scripts_llama/order_N.sh (tasks 2-4; the first task's lr differs and is not an option): lr, batch x accumulation,
+    # lamda_1 differ per order
+    expected = {"1": (1e-4, 6, 8, 0.46), "2": (5e-5, 4, 8, 0.38), "3": (1e-4, 1, 8, 0.4)}
+    for order, (lr, batch, accum, lam) in expected.items():
+        config = resolved("llama", benchmark="standard", order=order)
+        assert (config.lr, config.batch_size, config.grad_accum) == (lr, batch, accum), order
+        assert config.method_options["nlora"]["lambda1"] == lam, order
+    config = resolved("t5", benchmark="long", order="5")  # run_N_lora.py: LoraConfig(r=lora_dim 8, alpha 32, 0.1)
+    assert (config.lora.r, config.lora.alpha, config.lora.dropout) == (8, 32, 0.1)

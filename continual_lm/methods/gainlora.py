@@ -14,7 +14,7 @@ gate inputs at each of the three layers (pool(x), SiLU(D pool(x)), z):
 
     initialisation   D_t, U_t copied from g_{t-1} (old inputs then give the same z as under every earlier gate);
                      k_t = the top eigenvector of task t's z-covariance restricted to the complement of the
-                     z-memory (so cos(k_t, z_old) = 0 and g_t(x_old) = 0)
+                     z-memory (so cos(k_t, z_old) = 0 and g_t(x_old) = 0), scaled to the norm of a fresh key
     updates          every optimizer step's change of D_t, U_t, k_t is projected onto the complement of the
                      memory of its layer's inputs, so old tasks' z and cos(k_t, z_old) stay unchanged
 
@@ -165,8 +165,10 @@ class GainLoRA(SubspaceLoRA, LoRAMethod):
             self.lambda1 = self.options.lambda1_for(task_index, len(self.tasks))
         weight = self.embedding.weight
         gate = Gate(weight.shape[1], self.options.gate_hidden).to(weight.device)
-        if len(self.gates.gates):  # g_t starts as g_{t-1} (its key is designed in train_examples)
-            gate.load_state_dict(self.gates.gates[-1].state_dict())
+        if len(self.gates.gates):  # D_t, U_t start as g_{t-1}'s; the key stays fresh (designed in train_examples
+            previous = self.gates.gates[-1]  # with this fresh key's norm, as get_reg_matrix's pre_norm)
+            gate.down.load_state_dict(previous.down.state_dict())
+            gate.up.load_state_dict(previous.up.state_dict())
         for old in self.gates.gates:
             old.requires_grad_(False)
         self.gates.gates.append(gate)

@@ -8,10 +8,11 @@ units of smallest magnitude are masked, so that only the large-magnitude rows ar
 Which statistic ranks which rows (docs/methods/migu.md):
 
 * full fine-tuning: every nn.Linear inside the transformer blocks; row k of W (and bias k) by its output |W x|_k;
-* LoRA banks (seqlora, inclora, olora, amlora): for each LoRA i being trained, the rows of A_i by x_A = A_i x (r
-  units) and the rows of B_i by B_i's own output x_B = B_i A_i x (d_out units), both from the bank input without
-  dropout. Paper §3.2: B uses "the output of x_B ... rather than the output of h" (h = W0 x + s x_B), as does the
-  reference code's default (activation_combined=False). Each trained LoRA is ranked by its own x_B.
+* LoRA banks (seqlora, inclora, olora, amlora, ...): for each LoRA i being trained, the rows of A_i by x_A = A_i x (r
+  units; only if A_i trains: InfLoRA/GainLoRA freeze it) and the rows of B_i by B_i's own output x_B = B_i A_i x
+  (d_out units), both from the bank input without dropout. Paper §3.2: B uses "the output of x_B ... rather than
+  the output of h" (h = W0 x + s x_B), as does the reference code's default (activation_combined=False).
+  Each trained LoRA is ranked by its own x_B.
 * ties: a statistic whose units all tie cannot rank anything, so nothing is masked. This is the B = 0 rule: a new
   LoRA's B is zero, x_B = 0 for every token, and B updates all its rows in its first step (the reference's
   ``activation >= quantile`` keeps every tied unit too).
@@ -166,13 +167,15 @@ class MagnitudeStats:
     def _add_lora_outputs(self, name: str, bank: LoRABank, x: torch.Tensor, weights: torch.Tensor) -> None:
         """x_A = A_i x and x_B = B_i x_A of each LoRA i being trained, from the bank input without dropout. A mixer's
         per-token weight g scales x_B (g B_i A_i x) but not its L1-normalised distribution, so it is left out."""
-        trained = [i for i, A in enumerate(bank.lora_A) if A.requires_grad]
+        # a LoRA trains if either factor does: InfLoRA/GainLoRA freeze a designed A_i and train only B_i
+        trained = [i for i, A in enumerate(bank.lora_A) if A.requires_grad or bank.lora_B[i].requires_grad]
         if not trained:
             return
         A = torch.cat([bank.lora_A[i].detach() for i in trained])  # one [tokens, in] x [in, n*r] matmul
         x_a = nn.functional.linear(x.to(A.dtype), A).unflatten(-1, (len(trained), bank.r))
         for j, i in enumerate(trained):
-            self._add(f"{name}.lora_A.{i}", self._normalised_sum(x_a[..., j, :], weights))
+            if bank.lora_A[i].requires_grad:
+                self._add(f"{name}.lora_A.{i}", self._normalised_sum(x_a[..., j, :], weights))
             x_b = nn.functional.linear(x_a[..., j, :], bank.lora_B[i].detach())
             self._add(f"{name}.lora_B.{i}", self._normalised_sum(x_b, weights))
 
