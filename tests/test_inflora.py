@@ -179,9 +179,9 @@ def test_composed_with_replay_and_migu_a_run_keeps_each_methods_property(tmp_pat
     GainLoRA: gate 1 closed on task 0's inputs although the replayed task-0 inputs train it)."""
     from continual_lm.methods.base import Composite, TrainExample
 
-    snaps = record_after_each_phase(monkeypatch, lambda runner: {
-        "params": {n: p.detach().clone() for n, p in runner.model.named_parameters()},
-        "memory": {n: M.clone() for n, M in getattr(runner.method.base, "memory", {}).items()}})
+    recorder = PhaseRecorder(lambda run: {
+        "params": {n: p.detach().clone() for n, p in run.model.named_parameters()},
+        "memory": {n: M.clone() for n, M in getattr(run.method.base, "memory", {}).items()}})
     seen = []
     backbone = load_backbone("tiny-random-llama", seed=3)
     config = tiny_config(tmp_path, f"{base}+replay+migu", tasks=TASKS, max_train_per_task=6, max_test_per_task=2)
@@ -195,7 +195,8 @@ def test_composed_with_replay_and_migu_a_run_keeps_each_methods_property(tmp_pat
         return result
 
     monkeypatch.setattr(Composite, "train_examples", spy)
-    loop.run(config, backbone=backbone)
+    run(config, backbone=backbone, callbacks=[recorder])
+    snaps = recorder.records
     assert seen == [[0], [0, 1]]  # replay mixes task 0's examples into phase 1
     keys = [k for k in snaps[0]["params"] if ".lora_A.0" in k or ".lora_B.0" in k]
     assert keys and all(torch.equal(snaps[1]["params"][k], snaps[0]["params"][k]) for k in keys)
