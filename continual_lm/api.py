@@ -187,7 +187,9 @@ def _load_export(path: Path, *, trust_remote_code: bool) -> LoadedRun:
     if config.trust_remote_code and not trust_remote_code:
         raise ContinualLMError(f"{path} was trained with --trust-remote-code: its model ({config.model}) runs its own "
                                f"code. Pass --trust-remote-code to load it, only if you trust that code")
-    config = dataclasses.replace(config, trust_remote_code=trust_remote_code, progress=False)
+    # the tasks come from stream.json, not from the options that selected them from the data
+    config = dataclasses.replace(config, trust_remote_code=trust_remote_code, progress=False, tasks=None,
+                                 stream_file=None, unseen_tasks=None)
     stream = stream_from_definition(_read_json(path / STREAM_JSON), str(path / STREAM_JSON))
     runner = build_runner(config, path, stream=stream, for_training=False)
     runner.restore_phases(list(summary["trained_phases"]), load_file(str(path / OWN_FORMAT)),
@@ -319,7 +321,7 @@ def export_run(run: LoadedRun, out: str | Path, fmt: str = "peft", *, push_to_hu
         _peft_adapter(run, folder, {n: (b.lora_A[index], b.lora_B[index]) for n, b in banks.items()}, lora.r,
                       lora.alpha)
         written.append(folder.name)
-    from . import __version__
+    from .version import __version__
 
     summary: dict[str, Any] = {"method": run.config.method, "model": run.config.model, "base_model": _base_model(run),
                                "benchmark": run.runner.stream.benchmark, "order": run.runner.stream.order,

@@ -207,7 +207,8 @@ def _sweep(config, orders: list, seeds: list[int], args) -> int:
 
     from .eval.aggregate import aggregate_markdown
     from .eval.report import comparison_markdown
-    from .train.assemble import prepare_run, resolve_config, same_configuration
+    from .train.assemble import prepare_run, same_configuration
+    from .train.run_record import resolve_config
     from .data.stream import load_stream_for
     from .train.checkpoint import RunDir, sweep_contents
 

@@ -133,9 +133,10 @@ def test_own_format_export_loads_with_load_run_and_gives_the_same_outputs(amlora
     exported = continual_lm.load_run(moved)
     config = (moved / "config.yaml").read_text()
     assert str(run_dir) not in config and "data_dir: null" in config  # no paths of this machine
-    records = [{"input": ex.input, "task": t.name} for t in loaded.tasks for ex in t.test]
-    assert exported.predict(records) == loaded.predict(records) == [
-        p for t in loaded.tasks for p in _final_predictions(run_dir, results)[t.name]]
+    final = _final_predictions(run_dir, results)  # the run dir keeps no examples: its prediction files hold them
+    records = [{"input": e["input"], "task": name} for name in results["tasks"] for e in final[name]]
+    assert records and exported.predict(records) == loaded.predict(records) == [
+        e["prediction"] for name in results["tasks"] for e in final[name]]
     ours, theirs = dict(loaded.model.named_parameters()), dict(exported.model.named_parameters())
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[n], theirs[n]) for n in ours)
     ids = loaded.tokenizer([records[0]["input"]], return_tensors="pt")["input_ids"]
@@ -212,18 +213,19 @@ def test_adapter_config_and_card_name_the_hub_model_of_an_alias(inclora_run, tmp
     assert "dequantised" in card
 
 
-@pytest.mark.parametrize("method", ["sapt-lora", "moelora"])
+@pytest.mark.parametrize("method", ["sapt-lora", "moelora", "gainlora"])
 def test_other_input_dependent_mixtures_export_and_load_alike(tmp_path, method):
     options = {"sapt-lora": {"sapt-lora": {"generator_epochs": 1}}}.get(method, {})  # a short pseudo-input generator
-    run(tiny_config(tmp_path, method=method, tasks=["sentiment", "reverse"], max_train_per_task=4,
+    results = run(tiny_config(tmp_path, method=method, tasks=["sentiment", "reverse"], max_train_per_task=4,
                     max_test_per_task=2, method_options=options))
     loaded = continual_lm.load_run(tmp_path / "run")
     assert continual_lm.api.export_run(loaded, tmp_path / "exp")["own_format"] == "banks.safetensors"
     exported = continual_lm.load_run(tmp_path / "exp")
     ours, theirs = dict(loaded.model.named_parameters()), dict(exported.model.named_parameters())
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[n], theirs[n]) for n in ours)
-    records = [{"input": ex.input, "task": t.name} for t in loaded.tasks for ex in t.test]
-    assert exported.predict(records) == loaded.predict(records)
+    final = _final_predictions(tmp_path / "run", results)
+    records = [{"input": e["input"], "task": name} for name in results["tasks"] for e in final[name]]
+    assert records and exported.predict(records) == loaded.predict(records)
 
 
 def test_results_record_the_cost_and_the_configuration(inclora_run):

@@ -9,7 +9,7 @@
 
 By default the folder is ``comparison/`` inside the directory given (a run, a sweep, a folder of runs), or inside
 the deepest folder holding every given path; ``--output DIR`` chooses another. A run or sweep directory keeps
-being a run (``--resume``, ``--overwrite`` recognise this folder as theirs: ``is_comparison_folder``).
+being a run (``--resume``, ``--overwrite`` recognise this folder as theirs: ``train.checkpoint.is_comparison_folder``).
 """
 from __future__ import annotations
 
@@ -19,20 +19,9 @@ from typing import Sequence
 
 from ..errors import ContinualLMError
 from ..io_utils import atomic_write_text
+from ..train.checkpoint import COMPARISON_FOLDER as FOLDER
 
-FOLDER = "comparison"
 FORMATS = ("md", "csv", "tex", "html", "png")
-FILES = ("comparison.md", "comparison.csv", "comparison.tex", "comparison.html", "comparison.png",
-         "comparison_ap_box.png")
-
-
-def is_comparison_folder(path: Path) -> bool:
-    """A ``comparison/`` folder that holds nothing but what ``continual-lm report`` writes (and its temporaries)."""
-    if path.name != FOLDER or not path.is_dir() or path.is_symlink():
-        return False
-    return all(entry.is_file() and (entry.name in FILES or entry.name.startswith(".")) for entry in path.iterdir())
-
-
 def default_output_dir(paths: Sequence[str | Path]) -> Path:
     """``comparison/`` in the given directory, or in the deepest folder holding every given path."""
     folders = [Path(p).absolute() if Path(p).is_dir() else Path(p).absolute().parent for p in paths]

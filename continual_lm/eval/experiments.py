@@ -100,12 +100,30 @@ def labels(results_list: Sequence[dict], hide: Sequence[str] = COLUMN_KEYS) -> l
     return out
 
 
+def results_problem(results) -> str | None:
+    """What makes ``results`` unusable as a results.json (docs/metrics.md has the contract), or None."""
+    if not isinstance(results, dict):
+        return f"expected a JSON object, got {type(results).__name__}"
+    matrix = results.get("matrix")
+    if not isinstance(matrix, list) or not matrix or not all(isinstance(row, list) for row in matrix):
+        return "'matrix' must be a non-empty list of rows"
+    if any(len(row) != len(matrix) for row in matrix) or not all(
+            v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for row in matrix for v in row):
+        return "'matrix' must be square, of numbers or null"
+    tasks = results.get("tasks")
+    if tasks is not None and (not isinstance(tasks, list) or len(tasks) != len(matrix)
+                              or not all(isinstance(t, str) for t in tasks)):
+        return "'tasks' must list one name per matrix row"
+    for key, kind in (("metrics", dict), ("method", str), ("timing", dict), ("config", dict), ("parameters", dict)):
+        if key in results and results[key] is not None and not isinstance(results[key], kind):
+            return f"'{key}' must be a {'mapping' if kind is dict else 'string'}"
+    return None
+
+
 def load_runs(paths: Sequence[str | Path]) -> list[dict]:
     """The results.json of every run under ``paths`` (run directories, results.json files, or parents of runs),
     each with its ``"config"`` (read from run.json or config.yaml beside it when results.json predates that key) and
     ``"run_dir"`` (the folder holding it; in memory only) filled in. Unusable files are refused by name."""
-    from .report import results_problem
-
     results = []
     for given in paths:
         path = Path(given)
@@ -137,8 +155,7 @@ def _recorded_identity(run_dir: Path) -> dict[str, Any] | None:
     defaults filled in, as a run of this version records them); None when neither is usable (the run is then grouped
     by what its results.json says)."""
     from ..config import RunConfig
-    from ..train.assemble import resolve_config
-    from ..train.run_record import identity
+    from ..train.run_record import identity, resolve_config
 
     record = run_dir / "run.json"
     try:

@@ -25,26 +25,6 @@ TRAJECTORY_PNG = "task_trajectories.png"
 REPORT_MD = "report.md"
 
 
-def results_problem(results) -> str | None:
-    """What makes ``results`` unusable as a results.json (docs/metrics.md has the contract), or None."""
-    if not isinstance(results, dict):
-        return f"expected a JSON object, got {type(results).__name__}"
-    matrix = results.get("matrix")
-    if not isinstance(matrix, list) or not matrix or not all(isinstance(row, list) for row in matrix):
-        return "'matrix' must be a non-empty list of rows"
-    if any(len(row) != len(matrix) for row in matrix) or not all(
-            v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for row in matrix for v in row):
-        return "'matrix' must be square, of numbers or null"
-    tasks = results.get("tasks")
-    if tasks is not None and (not isinstance(tasks, list) or len(tasks) != len(matrix)
-                              or not all(isinstance(t, str) for t in tasks)):
-        return "'tasks' must list one name per matrix row"
-    for key, kind in (("metrics", dict), ("method", str), ("timing", dict), ("config", dict), ("parameters", dict)):
-        if key in results and results[key] is not None and not isinstance(results[key], kind):
-            return f"'{key}' must be a {'mapping' if kind is dict else 'string'}"
-    return None
-
-
 def _tasks(results: dict) -> list[str]:
     matrix = results.get("matrix") or []
     tasks = results.get("tasks")

@@ -28,35 +28,8 @@ from ..io_utils import atomic_write_yaml
 from ..methods.base import Method
 from .checkpoint import RunDir
 from .engine import cpu_processes
-from .run_record import (LOCATIONS, data_differences, data_fingerprint, describe, differences,
-                         global_batch, identity, new_record, recorded_identity)
-
-
-def resolve_config(config: RunConfig, output_dir: Path | None = None) -> RunConfig:
-    """A copy of ``config`` with every value the run will use filled in: the method's default learning rate and
-    the options of each method part, the benchmark's first order, paths made absolute (so that the run can be
-    resumed from any working directory), the output directory. Validates the method and its options."""
-    from ..data.benchmarks import list_benchmarks
-    from ..methods.base import build_method, resolved_options
-    from ..models.backbone import MODEL_ALIASES
-
-    config = RunConfig.from_dict(config.to_dict())
-    method = build_method(config)
-    if config.lr is None:
-        config.lr = method.default_lr()
-    config.method_options = resolved_options(method)  # every option's value, defaults included
-    if config.benchmark != "custom" and config.order is None and not config.tasks:
-        orders = list_benchmarks().get(config.benchmark)
-        config.order = orders[0] if orders else None
-    for name in LOCATIONS:
-        if getattr(config, name):
-            setattr(config, name, str(Path(getattr(config, name)).expanduser().absolute()))
-    model = Path(config.model).expanduser()
-    if config.model.strip().lower() not in MODEL_ALIASES and model.exists():  # a local folder or .gguf file
-        config.model = str(model.absolute())
-    if output_dir is not None:
-        config.output_dir = str(output_dir)
-    return RunConfig.from_dict(config.to_dict())
+from .run_record import (data_differences, data_fingerprint, describe, differences, global_batch, identity,
+                         new_record, recorded_identity, resolve_config)
 
 
 def recorded_config(path: Path) -> tuple[RunConfig, dict[str, Any] | None]:

@@ -470,15 +470,23 @@ class RunDir:
 
 def _run_entry(entry: Path) -> bool:
     if entry.is_dir() and not entry.is_symlink():
-        return entry.name in RUN_FOLDERS or _is_comparison(entry)
+        return entry.name in RUN_FOLDERS or is_comparison_folder(entry)
     return entry.is_file() and entry.suffix in RUN_FILE_SUFFIXES
 
 
-def _is_comparison(entry: Path) -> bool:
-    """The folder `continual-lm report` writes into a run or sweep directory (nothing else in it)."""
-    from ..eval.comparison import is_comparison_folder
+# The folder `continual-lm report` writes into a run or sweep directory (eval/comparison.py writes it; it counts as
+# part of the run, as long as it holds nothing else).
+COMPARISON_FOLDER = "comparison"
+COMPARISON_FILES = ("comparison.md", "comparison.csv", "comparison.tex", "comparison.html", "comparison.png",
+                    "comparison_ap_box.png")
 
-    return is_comparison_folder(entry)
+
+def is_comparison_folder(path: Path) -> bool:
+    """A ``comparison/`` folder that holds nothing but what ``continual-lm report`` writes (and its temporaries)."""
+    if path.name != COMPARISON_FOLDER or not path.is_dir() or path.is_symlink():
+        return False
+    return all(entry.is_file() and (entry.name in COMPARISON_FILES or entry.name.startswith("."))
+               for entry in path.iterdir())
 
 
 def sweep_contents(path: Path) -> Contents:
@@ -489,7 +497,7 @@ def sweep_contents(path: Path) -> Contents:
         return found
     foreign = []
     for entry in sorted(path.iterdir()):
-        if entry.name == LOCK or is_temporary(entry.name) or _is_comparison(entry):
+        if entry.name == LOCK or is_temporary(entry.name) or is_comparison_folder(entry):
             continue
         child = RunDir(entry).contents() if entry.is_dir() and not entry.is_symlink() else Contents("file")
         if child.kind == "empty":

@@ -138,3 +138,30 @@ def recorded_identity(record: dict[str, Any], where: Path) -> dict[str, Any]:
         return identity(RunConfig.from_dict(record["config"], source=str(where)))
     except TypeError as err:
         raise ContinualLMError(f"{where}: its 'config' is malformed ({err})") from None
+
+
+def resolve_config(config: RunConfig, output_dir: Path | None = None) -> RunConfig:
+    """A copy of ``config`` with every value the run will use filled in: the method's default learning rate and
+    the options of each method part, the benchmark's first order, paths made absolute (so that the run can be
+    resumed from any working directory), the output directory. Validates the method and its options."""
+    from ..data.benchmarks import list_benchmarks
+    from ..methods.base import build_method, resolved_options
+    from ..models.backbone import MODEL_ALIASES
+
+    config = RunConfig.from_dict(config.to_dict())
+    method = build_method(config)
+    if config.lr is None:
+        config.lr = method.default_lr()
+    config.method_options = resolved_options(method)  # every option's value, defaults included
+    if config.benchmark != "custom" and config.order is None and not config.tasks:
+        orders = list_benchmarks().get(config.benchmark)
+        config.order = orders[0] if orders else None
+    for name in LOCATIONS:
+        if getattr(config, name):
+            setattr(config, name, str(Path(getattr(config, name)).expanduser().absolute()))
+    model = Path(config.model).expanduser()
+    if config.model.strip().lower() not in MODEL_ALIASES and model.exists():  # a local folder or .gguf file
+        config.model = str(model.absolute())
+    if output_dir is not None:
+        config.output_dir = str(output_dir)
+    return RunConfig.from_dict(config.to_dict())
