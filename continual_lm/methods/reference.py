@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import ContinualLMError
-from ..models.prompt_bank import PromptBank, prompt_forward, prompt_generate
+from ..models.prompt_bank import PromptBank
 from .base import LoRAMethod, Phase, build_options
+from .prompt_method import PromptMethod
 
 PET_KINDS = ("lora", "prompt", "full")
 
@@ -57,24 +58,19 @@ class _Reference(LoRAMethod):
             bank.lora_B[0].requires_grad_(True)
 
 
-class _PromptBlock:
-    """The ``pet = prompt`` variant of a reference: one soft prompt, the backbone frozen. A class of its own because
-    a method with its own forward/generate is treated differently by the engines and continual pre-training."""
+class _PromptBlock(PromptMethod):
+    """The ``pet = prompt`` variant of a reference: one soft prompt, the backbone frozen, as the prompt methods. A
+    class of its own because a method with its own forward/generate is treated differently by the engines and
+    continual pre-training."""
 
-    soft_prompt_tuning = True  # the soft-prompt default learning rate, as the prompt methods
+    prompt_module = "reference_prompt"
 
-    def setup(self, model, backbone):
-        model.requires_grad_(False)
-        self.bank = PromptBank(model.get_input_embeddings(), self.options.prompt_length)
-        model.add_module("reference_prompt", self.bank)  # checkpointed with the model's trainable parameters
-        self.bank.add_prompt()
+    def build_prompts(self):
+        self.bank = PromptBank(self.embedding, self.options.prompt_length, prompts=1)
+        return self.bank
 
-    def forward(self, model, batch):
-        return prompt_forward(model, batch, self.bank.prompts[0])
-
-    def generate(self, model, batch, max_new_tokens):
-        return prompt_generate(model, batch["input_ids"], batch["attention_mask"], self.bank.prompts[0],
-                               max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
+    def test_prompt(self, model, batch):
+        return self.bank.prompts[0]
 
 
 class MTL(_Reference):
