@@ -62,25 +62,42 @@ class Crash(Exception):
 
 
 def run_crashed_in_first_evaluation_then_resumed(monkeypatch, config_at, where) -> dict:
-    """Run ``config_at(where)`` killed in its first evaluation (phase 0 trained and checkpointed, so the resumed run
-    loads phase 0's state and trains phase 1 itself), then ``--resume`` it; return the resumed results.
-    ``config_at(path)`` builds a fresh config writing to ``path / "run"``."""
+    """Run ``config_at(where)`` killed in its first evaluation (the first phase trained and checkpointed, so the
+    resumed run loads its state and trains any later phase itself), then ``--resume`` it; return the resumed
+    results. ``config_at(path)`` builds a fresh config writing to ``path / "run"``."""
     import pytest
 
     from continual_lm.train import loop
 
-    original = loop.ContinualRunner.evaluate_phase
-
     def crashing(self, phase):
-        if phase.row == 0:
-            raise Crash()
-        return original(self, phase)
+        raise Crash()
 
     monkeypatch.setattr(loop.ContinualRunner, "evaluate_phase", crashing)
     with pytest.raises(Crash):
         loop.run(config_at(where))
     monkeypatch.undo()
     return loop.run(config_at(where), output_dir=where / "run", resume=True)
+
+
+def method_specs(plugin_base: str = "seqlora") -> list[str]:
+    """Every registered method as a ``--method`` spec: each base method alone, each plugin composed on
+    ``plugin_base`` if that accepts it, else on the first registered base method that does."""
+    from continual_lm.methods.registry import METHODS, method_class
+
+    bases = [name for name in METHODS if not method_class(name).is_plugin]
+    ordered = [plugin_base] + [name for name in bases if name != plugin_base]
+    specs = list(bases)
+    for plugin in (name for name in METHODS if method_class(name).is_plugin):
+        base = next((b for b in ordered if plugin in method_class(b).composable_with), None)
+        specs.append(f"{base}+{plugin}" if base else plugin)  # a plugin no base accepts: refused by build_method
+    return specs
+
+
+def smallest_config(where, spec: str, **overrides) -> RunConfig:
+    """The smallest run of ``spec`` that still trains and evaluates two demo tasks (one optimizer step each)."""
+    settings = dict(tasks=["sentiment", "number_sign"], max_train_per_task=2, max_test_per_task=1, batch_size=2,
+                    eval_batch_size=2, max_input_length=32, max_target_length=3)
+    return tiny_config(where, method=spec, **{**settings, **overrides})
 
 
 def set_up_method(tmp_path, method: str, tasks: list[str], model="tiny-random-llama", before_tasks=0,

@@ -84,6 +84,10 @@ class AMLoRA(LoRAMethod):
     Options: ClassVar[type] = AMLoRAOptions
     composable_with = ("migu", "replay", "ewc")
     uses_task_id_at_train = True  # a new LoRA and selector row at each task boundary, lambda per task
+    uses_task_id_at_test = False  # the selector mixes the LoRAs per token
+    uses_replay = False
+    uses_pseudo_samples = False
+    pet_kind = "lora"
     supports_corpus_tasks = False  # its selector mixes task LoRAs per instruction (docs/continual_pretraining.md)
 
     current_task = 0

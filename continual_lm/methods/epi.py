@@ -23,7 +23,6 @@ import torch
 from ..eval.report import plot_fraction_heatmap
 from ..io_utils import atomic_write_json
 from ..models.lm_forward import evaluating
-from ..models.prompt_bank import PromptBank
 from .option_checks import check_fields
 from .prompt_method import PromptMethod
 
@@ -124,10 +123,6 @@ class EPI(PromptMethod):
     prompt_module = "epi_prompts"
 
     # ---- structure ---------------------------------------------------------------------------------------------
-    def build_prompts(self):
-        self.bank = PromptBank(self.embedding, self.options.prompt_length)
-        return self.bank
-
     def setup(self, model, backbone):
         super().setup(model, backbone)
         self.selector = MahalanobisSelector(self.options.shrinkage)

@@ -41,6 +41,9 @@ class EWC(Method):
     Options = EWCOptions
     is_plugin = True
     uses_task_id_at_train = True  # a Fisher estimate and anchor after each task
+    uses_task_id_at_test = False
+    uses_replay = False  # only the Fisher estimates and the anchor weights are kept
+    uses_pseudo_samples = False
 
     def __init__(self, config, options=None):
         super().__init__(config, options)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from ..data.collate import IGNORE_INDEX, Encoded
 from ..data.tasks import Example, Task
 from ..models.lm_forward import evaluating
-from ..models.prompt_bank import PromptBank, prompt_forward, prompt_generate
+from ..models.prompt_bank import prompt_forward, prompt_generate
 from .option_checks import check_fields
 from .base import TrainExample
 from .prompt_method import PromptMethod, pseudo_sample_count
@@ -68,13 +68,10 @@ class LFPT5(PromptMethod):
     pet_kind = "prompt"
     differs_from_paper = ("defaults: a 10-token prompt and 12.5 % pseudo samples per earlier task; SAPT compared "
                           "against 300 tokens and 2 % (set by --preset paper)")
+    initial_prompts = 1  # the one prompt, trained through the whole stream
     prompt_module = "lfpt5_prompt"
 
     # ---- structure ---------------------------------------------------------------------------------------------
-    def build_prompts(self):
-        self.bank = PromptBank(self.embedding, self.options.prompt_length, prompts=1)
-        return self.bank
-
     def setup(self, model, backbone):
         super().setup(model, backbone)
         self.pseudo: dict[int, list[dict[str, str]]] = {}  # task -> [{"input", "output"}], regenerated per task

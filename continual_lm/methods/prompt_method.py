@@ -5,7 +5,8 @@ They all train soft prompts (``models/prompt_bank.py``) in front of the input em
 differ only in which prompt each input gets. A subclass names its prompt module and says which prompt a batch gets:
 
     prompt_module                 the name of its prompts on the model (their checkpoint names start with it)
-    build_prompts() -> module     the module holding the prompts (a PromptBank, or a module with one inside)
+    build_prompts() -> module     the module holding the prompts; by default ``self.bank``, a PromptBank of
+                                  ``options.prompt_length``-token prompts starting with ``initial_prompts`` of them
     test_prompt(model, batch)     the prompt of an evaluation batch ([L, H] for all rows or [B, L, H]), from its
                                   input_ids/attention_mask only (no task id); None: no prompt yet, the backbone alone
     train_prompt(model, batch)    the prompt of a training batch (default: ``test_prompt``)
@@ -34,7 +35,7 @@ from torch import nn
 
 from ..data.collate import IGNORE_INDEX
 from ..models.lm_forward import input_embeddings, is_seq2seq_model
-from ..models.prompt_bank import prompt_forward, prompt_generate
+from ..models.prompt_bank import PromptBank, prompt_forward, prompt_generate
 from .base import Method
 
 
@@ -65,6 +66,7 @@ class PromptMethod(Method):
     soft_prompt_tuning = True  # the soft-prompt default learning rate (methods/base.py: default_lr)
     supports_corpus_tasks = False  # the knowledge is in prompts outside the model body an end task fine-tunes
     prompt_module: ClassVar[str] = ""
+    initial_prompts: ClassVar[int] = 0  # prompts the default bank (build_prompts) starts with
 
     is_seq2seq: bool
     embedding: nn.Module
@@ -77,7 +79,10 @@ class PromptMethod(Method):
         model.add_module(self.prompt_module, self.build_prompts())
 
     def build_prompts(self) -> nn.Module:
-        raise NotImplementedError
+        """By default ``self.bank``: a PromptBank of ``options.prompt_length``-token prompts that starts with
+        ``initial_prompts`` of them (methods that add one per task add them in ``before_task``)."""
+        self.bank = PromptBank(self.embedding, self.options.prompt_length, prompts=self.initial_prompts)
+        return self.bank
 
     def test_prompt(self, model, batch) -> torch.Tensor | None:
         raise NotImplementedError

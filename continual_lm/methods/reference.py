@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import ContinualLMError
-from ..models.prompt_bank import PromptBank
 from .base import LoRAMethod, Phase, build_options
 from .prompt_method import PromptMethod
 
@@ -63,11 +62,8 @@ class _PromptBlock(PromptMethod):
     class of its own because a method with its own forward/generate is treated differently by the engines and
     continual pre-training."""
 
+    initial_prompts = 1  # the one prompt of the run
     prompt_module = "reference_prompt"
-
-    def build_prompts(self):
-        self.bank = PromptBank(self.embedding, self.options.prompt_length, prompts=1)
-        return self.bank
 
     def test_prompt(self, model, batch):
         return self.bank.prompts[0]
@@ -77,6 +73,9 @@ class MTL(_Reference):
     name = "mtl"
     description = "multi-task learning on all tasks jointly (upper reference; fills only the last matrix row)"
     uses_replay = True  # trains on every task's real examples at once (replay of everything)
+    uses_task_id_at_train = False  # one block trained on the shuffled union of the tasks
+    uses_task_id_at_test = False
+    uses_pseudo_samples = False
 
     def schedule(self, num_tasks, eval_all_tasks):
         everything = tuple(range(num_tasks))
@@ -88,6 +87,8 @@ class Single(_Reference):
     description = "each task trained alone from the base model (FWT reference; uses the task id at test)"
     uses_task_id_at_train = True  # a fresh block per task
     uses_task_id_at_test = True  # task j is evaluated with the model trained on task j
+    uses_replay = False
+    uses_pseudo_samples = False
 
     def schedule(self, num_tasks, eval_all_tasks):
         return [Phase(i, (i,), (i,), reset=True) for i in range(num_tasks)]

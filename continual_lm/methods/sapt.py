@@ -495,10 +495,6 @@ class SAPTPrompt(SAPT, PromptMethod):
         self.attach_prompts(model)  # after the shared attention: the order of the model's parameters is kept
         self._generator: nn.Parameter | None = None
 
-    def build_prompts(self):
-        self.bank = PromptBank(self.embedding, self.options.prompt_length)
-        return self.bank
-
     def add_block(self):
         self.bank.add_prompt(freeze_earlier=True)
 
