@@ -61,15 +61,15 @@ class Crash(Exception):
 
 
 class CrashAt(Callback):
-    """A callback that kills the run (raises Crash) at ``event`` of phase ``row``: "on_train_begin" (before the phase
-    trains), "on_train_end" (trained and checkpointed, not evaluated) or "on_phase_evaluated" (evaluated, not yet
-    recorded in state.json)."""
+    """A callback that kills the run (raises Crash) at ``event`` of phase ``row`` (None: the first phase, whatever
+    its row): "on_train_begin" (before the phase trains), "on_train_end" (trained and checkpointed, not evaluated)
+    or "on_phase_evaluated" (evaluated, not yet recorded in state.json)."""
 
-    def __init__(self, event: str, row: int):
+    def __init__(self, event: str, row: int | None):
         self.event, self.row = event, row
 
     def _at(self, event: str, phase) -> None:
-        if event == self.event and phase.row == self.row:
+        if event == self.event and (self.row is None or phase.row == self.row):
             raise Crash()
 
     def on_train_begin(self, run, phase, steps):
@@ -93,14 +93,35 @@ class RunCapture(Callback):
 
 
 def run_crashed_in_first_evaluation_then_resumed(config_at, where) -> dict:
-    """Run ``config_at(where)`` killed before its first evaluation (phase 0 trained and checkpointed, so the resumed
-    run loads phase 0's state and trains phase 1 itself), then ``--resume`` it; return the resumed results.
-    ``config_at(path)`` builds a fresh config writing to ``path / "run"``."""
+    """Run ``config_at(where)`` killed before its first evaluation (the first phase trained and checkpointed, so the
+    resumed run loads its state and trains any later phase itself; mtl's one phase is not row 0), then ``--resume``
+    it; return the resumed results. ``config_at(path)`` builds a fresh config writing to ``path / "run"``."""
     import pytest
 
     with pytest.raises(Crash):
-        run(config_at(where), callbacks=[CrashAt("on_train_end", 0)])
+        run(config_at(where), callbacks=[CrashAt("on_train_end", None)])
     return run(config_at(where), output_dir=where / "run", resume=True)
+
+
+def method_specs(plugin_base: str = "seqlora") -> list[str]:
+    """Every registered method as a ``--method`` spec: each base method alone, each plugin composed on
+    ``plugin_base`` if that accepts it, else on the first registered base method that does."""
+    from continual_lm.methods.registry import METHODS, method_class
+
+    bases = [name for name in METHODS if not method_class(name).is_plugin]
+    ordered = [plugin_base] + [name for name in bases if name != plugin_base]
+    specs = list(bases)
+    for plugin in (name for name in METHODS if method_class(name).is_plugin):
+        base = next((b for b in ordered if plugin in method_class(b).composable_with), None)
+        specs.append(f"{base}+{plugin}" if base else plugin)  # a plugin no base accepts: refused by build_method
+    return specs
+
+
+def smallest_config(where, spec: str, **overrides) -> RunConfig:
+    """The smallest run of ``spec`` that still trains and evaluates two demo tasks (one optimizer step each)."""
+    settings = dict(tasks=["sentiment", "number_sign"], max_train_per_task=2, max_test_per_task=1, batch_size=2,
+                    eval_batch_size=2, max_input_length=32, max_target_length=3)
+    return tiny_config(where, method=spec, **{**settings, **overrides})
 
 
 def set_up_method(tmp_path, method: str, tasks: list[str], model="tiny-random-llama", before_tasks=0,

@@ -12,19 +12,13 @@ import random
 import pytest
 import torch
 
-from continual_lm.methods.registry import METHODS, method_class
 from continual_lm.train.checkpoint import RunDir
 from continual_lm import run
 
-from helpers import tiny_config
+from helpers import method_specs, smallest_config
 
 MODES = ("all", "last")
 KILLS_PER_MODE = 2
-
-
-def method_specs() -> list[str]:
-    plugins = [name for name in METHODS if method_class(name).is_plugin]
-    return [name for name in METHODS if not method_class(name).is_plugin] + [f"seqlora+{p}" for p in plugins]
 
 
 class Kill(Exception):
@@ -81,9 +75,7 @@ def _fast(monkeypatch) -> None:
 
 
 def _config(where, spec, mode):
-    return tiny_config(where, method=spec, tasks=["sentiment", "number_sign"], max_train_per_task=2,
-                       max_test_per_task=1, batch_size=2, eval_batch_size=2, max_input_length=32,
-                       max_target_length=3, keep_checkpoints=mode)
+    return smallest_config(where, spec, keep_checkpoints=mode)
 
 
 def _final_weights(out, phases=2) -> dict:

@@ -8,8 +8,7 @@ import torch
 
 from continual_lm.data.tasks import Example
 from continual_lm.errors import ContinualLMError
-from continual_lm.methods import l2p as l2p_module
-from continual_lm.methods import progprompt as progprompt_module
+from continual_lm.methods import prompt_method
 from continual_lm.methods.base import TrainExample, build_method
 from continual_lm.models.backbone import load_backbone
 from continual_lm import run
@@ -65,7 +64,7 @@ def test_l2p_selects_the_prompt_whose_key_matches_a_planted_query(tmp_path, monk
     assert indices.tolist() == [[2], [0]] and torch.allclose(cosines, torch.ones(2, 1), atol=1e-5)
 
     used = []
-    monkeypatch.setattr(l2p_module, "prompt_generate", lambda m, ids, mask, prompt, **kw: used.append(prompt) or ids)
+    monkeypatch.setattr(prompt_method, "prompt_generate", lambda m, ids, mask, prompt, **kw: used.append(prompt) or ids)
     l2p.generate(model, NoTaskIds(batch, task_ids=torch.tensor([1, 1])), 2)  # task ids are never read
     assert torch.equal(used[0][0], pool.bank.prompts[2]) and torch.equal(used[0][1], pool.bank.prompts[0])
 
@@ -155,14 +154,14 @@ def test_end_to_end_frozen_state_and_resume(tmp_path, monkeypatch, method, model
     backbone = load_backbone(model, seed=3)
     base = {n: p.detach().clone() for n, p in backbone.model.named_parameters()}
     lengths = []  # prompt tokens given to each test-time generate call (progprompt)
-    original_generate = progprompt_module.prompt_generate
+    original_generate = prompt_method.prompt_generate
 
     def spy(model_, ids, mask, prompt, **kw):
         lengths.append(prompt.shape[0])
         return original_generate(model_, ids, mask, prompt, **kw)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(progprompt_module, "prompt_generate", spy)
+        patch.setattr(prompt_method, "prompt_generate", spy)
         reference = run(_config(tmp_path / "a", method, model, options), backbone=backbone)
     params = dict(backbone.model.named_parameters())
     assert all(torch.equal(params[n], value) for n, value in base.items())  # the backbone never moves

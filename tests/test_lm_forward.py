@@ -1,4 +1,5 @@
-"""lm_forward: the loss over the answer positions only gives the Hugging Face loss's gradients, bit for bit."""
+"""lm_forward: the loss over the answer positions only gives the Hugging Face loss's gradients, bit for bit; the
+evaluation-mode context the methods' hooks use."""
 import pytest
 import torch
 
@@ -6,7 +7,7 @@ from continual_lm.data.collate import Collator
 from continual_lm.data.demo import demo_tasks
 from continual_lm.models.backbone import default_lora_targets, load_backbone
 from continual_lm.models.inject import inject_lora_banks
-from continual_lm.models.lm_forward import answer_columns, lm_forward
+from continual_lm.models.lm_forward import answer_columns, evaluating, lm_forward, model_mode
 from continual_lm.models.prompt_bank import PromptBank, prepend_prompt, prompt_forward
 
 from helpers import PhaseRecorder, tiny_config
@@ -123,3 +124,18 @@ def test_a_run_trains_the_same_weights_as_with_the_full_logits_loss(tmp_path, mo
     for after_kept, after_full in zip(kept, full):
         for name, value in after_full.items():
             assert torch.equal(after_kept[name], value), name
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_evaluating_switches_every_module_and_restores_the_previous_mode(training):
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5)).train(training)
+    with evaluating(model) as inside:
+        assert inside is model and not any(m.training for m in model.modules())
+        with model_mode(model, training=True):  # e.g. a generator trained inside an evaluation-mode hook
+            assert all(m.training for m in model.modules())
+        assert not any(m.training for m in model.modules())
+    assert all(m.training == training for m in model.modules())
+    with pytest.raises(RuntimeError):
+        with evaluating(model):
+            raise RuntimeError("a hook failed")
+    assert all(m.training == training for m in model.modules())  # restored after an exception too

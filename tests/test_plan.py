@@ -48,6 +48,19 @@ def test_full_fine_tuning_trains_everything_and_mtl_has_one_phase():
     assert len(mtl.trainable_per_phase) == 1
 
 
+@pytest.mark.parametrize("method", ["l2p", "progprompt", "lfpt5", "epi", "sapt-prompt"])
+def test_prompt_methods_plan_on_the_meta_device_with_the_backbone_frozen(method):
+    """The prompt methods read the embedding from the model, not from a loaded backbone (plan passes none)."""
+    result = plan("t5-large", method, 3)
+    assert result.frozen == t5_large_params() and len(result.trainable_per_phase) == 3
+    prompt = 10 * 1024  # the default 10-token prompt of d_model 1024
+    if method in ("progprompt", "epi"):  # a new prompt per task, the earlier ones kept (frozen)
+        assert result.trainable_per_phase == [prompt] * 3
+        assert result.checkpoint_bytes_per_phase == [(i + 1) * prompt * 4 for i in range(3)]
+    if method == "lfpt5":  # one prompt through the whole stream
+        assert result.checkpoint_bytes_per_phase == [prompt * 4] * 3
+
+
 def test_counts_equal_what_a_real_run_checkpoints(tmp_path):
     """amlora (LoRAs + per-bank selector vectors that grow every task): the meta-device plan of the tiny model
     equals the parameters the loop saves after each phase."""

@@ -31,6 +31,19 @@ def test_prompts_start_from_vocabulary_embeddings_and_combine(backbone):
     assert bank.num_prompts == 2
 
 
+def test_a_bank_starts_with_prompts_and_grows_with_the_earlier_ones_frozen(backbone):
+    embedding = backbone.model.get_input_embeddings()
+    bank = PromptBank(embedding, length=2, prompts=2)
+    assert bank.num_prompts == 2 and all(p.requires_grad for p in bank.prompts)
+    torch.manual_seed(1)
+    assert bank.add_prompt(freeze_earlier=True) == 2
+    assert [p.requires_grad for p in bank.prompts] == [False, False, True]
+    torch.manual_seed(1)  # the same draw as add_prompt() without freezing: freezing changes no value
+    plain = PromptBank(embedding, length=2)
+    plain.add_prompt()
+    assert torch.equal(plain.prompts[0], bank.prompts[2])
+
+
 def test_prepend_extends_mask_and_causal_labels(backbone):
     model = backbone.model
     bank = PromptBank(model.get_input_embeddings(), length=4)

@@ -143,7 +143,7 @@ def test_kl_is_eq_5_by_hand_and_equals_the_references_kldivloss(tmp_path):
 def test_prompt_block_is_the_attention_weighted_sum_of_the_prompts(tmp_path, monkeypatch):
     sapt, backbone = built(tmp_path, "sapt-prompt")
     seen = {}
-    monkeypatch.setattr("continual_lm.methods.sapt.prompt_forward",
+    monkeypatch.setattr("continual_lm.methods.prompt_method.prompt_forward",
                         lambda model, batch, prompt: seen.setdefault("prompt", prompt))
     batch = next(sapt.context.train_batches([TrainExample(0, e) for e in sapt.tasks[0].train[:2]]))
     sapt.forward(backbone.model, batch)

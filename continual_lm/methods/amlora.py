@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ContinualLMError
+from ..models.lm_forward import evaluating
 from .option_checks import check_choice, check_fields
 from .base import LoRAMethod
 
@@ -84,6 +85,10 @@ class AMLoRA(LoRAMethod):
     Options: ClassVar[type] = AMLoRAOptions
     composable_with = ("migu", "replay", "ewc")
     uses_task_id_at_train = True  # a new LoRA and selector row at each task boundary, lambda per task
+    uses_task_id_at_test = False  # the selector mixes the LoRAs per token
+    uses_replay = False
+    uses_pseudo_samples = False
+    pet_kind = "lora"
     supports_corpus_tasks = False  # its selector mixes task LoRAs per instruction (docs/continual_pretraining.md)
 
     current_task = 0
@@ -132,38 +137,36 @@ class AMLoRA(LoRAMethod):
         tasks = context.tasks
         banks = self.banks_of(model)
         seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
-        was_training = model.training
-        model.eval()
-        for bank in banks.values():
-            bank.record_weights = True
-        per_task = {}
-        try:
-            for j, task in enumerate(tasks):
-                texts = [e.input for e in task.test[:n]]
-                sums, counts = {}, {}
-                for batch in context.prompt_batches(j, texts):
-                    inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-                    if seq2seq:
-                        start = model.config.decoder_start_token_id
-                        inputs["decoder_input_ids"] = torch.full_like(batch["input_ids"][:, :1], start)
-                    model(**inputs)
-                    mask = batch["attention_mask"]
-                    for name, bank in banks.items():
-                        dist = bank.mixer.last_distribution.float()
-                        if dist.shape[:-1] == mask.shape:  # token positions of the input: skip padding
-                            m = mask.to(dist.dtype).unsqueeze(-1)
-                            total, count = (dist * m).flatten(0, -2).sum(0), m.sum()
-                        else:  # e.g. a decoder's own positions
-                            total, count = dist.flatten(0, -2).sum(0), dist[..., 0].numel()
-                        sums[name] = sums.get(name, 0) + total
-                        counts[name] = counts.get(name, 0) + float(count)
-                if texts:
-                    per_task[task.name] = {k: [round(v, 6) for v in (sums[k] / counts[k]).tolist()] for k in sums}
-        finally:
+        with evaluating(model):
             for bank in banks.values():
-                bank.record_weights = False
-                bank.mixer.last_distribution = None
-            model.train(was_training)
+                bank.record_weights = True
+            per_task = {}
+            try:
+                for j, task in enumerate(tasks):
+                    texts = [e.input for e in task.test[:n]]
+                    sums, counts = {}, {}
+                    for batch in context.prompt_batches(j, texts):
+                        inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+                        if seq2seq:
+                            start = model.config.decoder_start_token_id
+                            inputs["decoder_input_ids"] = torch.full_like(batch["input_ids"][:, :1], start)
+                        model(**inputs)
+                        mask = batch["attention_mask"]
+                        for name, bank in banks.items():
+                            dist = bank.mixer.last_distribution.float()
+                            if dist.shape[:-1] == mask.shape:  # token positions of the input: skip padding
+                                m = mask.to(dist.dtype).unsqueeze(-1)
+                                total, count = (dist * m).flatten(0, -2).sum(0), m.sum()
+                            else:  # e.g. a decoder's own positions
+                                total, count = dist.flatten(0, -2).sum(0), dist[..., 0].numel()
+                            sums[name] = sums.get(name, 0) + total
+                            counts[name] = counts.get(name, 0) + float(count)
+                    if texts:
+                        per_task[task.name] = {k: [round(v, 6) for v in (sums[k] / counts[k]).tolist()] for k in sums}
+            finally:
+                for bank in banks.values():
+                    bank.record_weights = False
+                    bank.mixer.last_distribution = None
         num_loras = next(iter(banks.values())).num_loras
         mean = {name: [round(sum(per_task[t][name][i] for t in per_task) / len(per_task), 6)
                        for i in range(num_loras + 1)] for name in banks} if per_task else {}

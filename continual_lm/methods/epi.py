@@ -22,9 +22,9 @@ import torch
 
 from ..eval.report import plot_fraction_heatmap
 from ..io_utils import atomic_write_json
-from ..models.prompt_bank import PromptBank, prompt_forward, prompt_generate
+from ..models.lm_forward import evaluating
 from .option_checks import check_fields
-from .base import Method
+from .prompt_method import PromptMethod
 
 TASK_ID_JSON = "epi_task_identification.json"
 
@@ -110,28 +110,25 @@ def mean_pooled(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return ((hidden * mask).sum(1) / mask.sum(1).clamp_min(1)).float()
 
 
-class EPI(Method):
+class EPI(PromptMethod):
     name = "epi"
-    soft_prompt_tuning = True
-    uses_task_id_at_train = True  # a new prompt per task; training batches pick it by task id
-    pet_kind = "prompt"
-    differs_from_paper = "input prompts instead of the reference code's deep prefixes (every layer)"
     description = "a prompt per task, chosen at test time by Mahalanobis distance of frozen-backbone features"
     Options = EPIOptions
-    uses_task_id_at_test = False
+    uses_task_id_at_train = True  # a new prompt per task; training batches pick it by task id
+    uses_task_id_at_test = False  # the prompt is chosen from the input's features
+    uses_replay = False  # only class means and covariances of earlier tasks are kept, no example
+    uses_pseudo_samples = False
+    pet_kind = "prompt"
+    differs_from_paper = "input prompts instead of the reference code's deep prefixes (every layer)"
+    prompt_module = "epi_prompts"
 
     # ---- structure ---------------------------------------------------------------------------------------------
     def setup(self, model, backbone):
-        self.is_seq2seq = backbone.is_seq2seq
-        model.requires_grad_(False)
-        self.bank = PromptBank(model.get_input_embeddings(), self.options.prompt_length)
-        model.add_module("epi_prompts", self.bank)
+        super().setup(model, backbone)
         self.selector = MahalanobisSelector(self.options.shrinkage)
 
     def before_task(self, model, task_index, task):
-        for prompt in self.bank.prompts:
-            prompt.requires_grad_(False)
-        self.bank.add_prompt()
+        self.bank.add_prompt(freeze_earlier=True)
 
     # ---- the frozen-backbone representation ----------------------------------------------------------------------
     @torch.no_grad()
@@ -151,26 +148,21 @@ class EPI(Method):
         return torch.cat(rows)
 
     # ---- training / test ---------------------------------------------------------------------------------------
-    def forward(self, model, batch):
-        return prompt_forward(model, batch, self.bank.gather(batch["task_ids"]))
+    def train_prompt(self, model, batch):
+        return self.bank.gather(batch["task_ids"])  # task t trains its own prompt
+
+    def test_prompt(self, model, batch):
+        """The prompt of the task each input is identified as, from the input alone (never a task id)."""
+        return self.bank.gather(self.select_tasks(model, batch))
 
     def after_task(self, model, task_index, task, examples):
-        was_training = model.training
-        model.eval()
-        features = self.representations_of(model, task_index, [e.input for e in task.train])
+        with evaluating(model):
+            features = self.representations_of(model, task_index, [e.input for e in task.train])
         self.selector.add_task(features, [e.target for e in task.train] if task.labels else None)
-        model.train(was_training)
 
     def select_tasks(self, model, batch) -> torch.Tensor:
         features = self.representation(model, batch["input_ids"], batch["attention_mask"])
         return self.selector.select(features).to(batch["input_ids"].device)
-
-    def generate(self, model, batch, max_new_tokens):
-        # Only input_ids/attention_mask are read: the prompt is chosen from the input, never from a task id.
-        input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
-        prompts = self.bank.gather(self.select_tasks(model, batch))
-        return prompt_generate(model, input_ids, attention_mask, prompts, max_new_tokens=max_new_tokens,
-                               do_sample=False, num_beams=1)
 
     # ---- insight: task-identification accuracy -------------------------------------------------------------------
     @torch.no_grad()
@@ -193,10 +185,8 @@ class EPI(Method):
     def on_run_end(self, model):
         if self.context is None or self.context.run_dir is None or not self.selector.num_tasks:
             return
-        was_training = model.training
-        model.eval()
-        result = self.task_identification(model)
-        model.train(was_training)
+        with evaluating(model):
+            result = self.task_identification(model)
         path = self.context.run_dir
         atomic_write_json(path / TASK_ID_JSON, result)
         plot_fraction_heatmap(result["confusion"], path / "epi_task_identification_heatmap.png", rows=result["tasks"],

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..models.lm_forward import batch_forward
+from ..models.lm_forward import batch_forward, evaluating
 from .option_checks import check_fields
 from .base import Method, TrainExample
 
@@ -41,6 +41,9 @@ class EWC(Method):
     Options = EWCOptions
     is_plugin = True
     uses_task_id_at_train = True  # a Fisher estimate and anchor after each task
+    uses_task_id_at_test = False
+    uses_replay = False  # only the Fisher estimates and the anchor weights are kept
+    uses_pseudo_samples = False
 
     def __init__(self, config, options=None):
         super().__init__(config, options)
@@ -75,16 +78,14 @@ class EWC(Method):
         params = {name: p for name, p in model.named_parameters() if p.requires_grad}
         fisher = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in params.items()}
         samples = self.fisher_samples(task_index)
-        was_training = model.training
-        model.eval()
-        for batch in self.context.train_batches(samples, batch_size=1):
+        with evaluating(model):
+            for batch in self.context.train_batches(samples, batch_size=1):
+                model.zero_grad(set_to_none=True)
+                self.target_log_likelihood(model, batch).backward()
+                for name, p in params.items():
+                    if p.grad is not None:
+                        fisher[name] += p.grad.detach().float() ** 2
             model.zero_grad(set_to_none=True)
-            self.target_log_likelihood(model, batch).backward()
-            for name, p in params.items():
-                if p.grad is not None:
-                    fisher[name] += p.grad.detach().float() ** 2
-        model.zero_grad(set_to_none=True)
-        model.train(was_training)
         for name, p in params.items():
             new = fisher[name] / len(samples)
             self.fisher[name] = self.options.gamma * self.fisher[name] + new if name in self.fisher else new

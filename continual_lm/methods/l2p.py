@@ -24,13 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.collate import IGNORE_INDEX
 from ..errors import ContinualLMError
 from ..eval.report import plot_fraction_heatmap
 from ..io_utils import atomic_write_json
-from ..models.prompt_bank import PromptBank, prompt_forward, prompt_generate
+from ..models.lm_forward import evaluating
+from ..models.prompt_bank import PromptBank
 from .option_checks import check_choice, check_fields
-from .base import Method
+from .prompt_method import PromptMethod, input_mask
 
 QUERY_MODES = ("embedding", "hidden")
 SELECTION_JSON = "l2p_selection.json"
@@ -58,9 +58,7 @@ class PromptPool(nn.Module):
 
     def __init__(self, embedding: nn.Embedding, size: int, length: int):
         super().__init__()
-        self.bank = PromptBank(embedding, length)
-        for _ in range(size):
-            self.bank.add_prompt()
+        self.bank = PromptBank(embedding, length, prompts=size)
         weight = embedding.weight
         self.keys = nn.Parameter(torch.empty(size, weight.shape[1], device=weight.device).uniform_(-1, 1))
 
@@ -74,38 +72,35 @@ class PromptPool(nn.Module):
         return indices, cosines
 
 
-class L2P(Method):
+class L2P(PromptMethod):
     name = "l2p"
-    soft_prompt_tuning = True
     description = "Learning to Prompt: a key-matched pool of soft prompts, top-k selected per input (no task id)"
     Options = L2POptions
+    uses_task_id_at_train = False  # one pool and its keys for the whole stream, selected by the input
     uses_task_id_at_test = False
+    uses_replay = False
+    uses_pseudo_samples = False
     pet_kind = "prompt"
     differs_from_paper = ("query: the mean input embedding by default; the paper's frozen pre-trained feature is "
                           "--l2p-query hidden (set by --preset paper)")
-    supports_corpus_tasks = False  # the knowledge is in prompts outside the model body an end task fine-tunes
+    prompt_module = "l2p"  # the pool: prompts and keys
 
-    def setup(self, model, backbone):
-        self.is_seq2seq = backbone.is_seq2seq
-        self.embedding = model.get_input_embeddings()
-        model.requires_grad_(False)
+    def build_prompts(self):
         self.pool = PromptPool(self.embedding, self.options.pool_size, self.options.prompt_length)
-        model.add_module("l2p", self.pool)  # prompts and keys are checkpointed with the model's parameters
         self._surrogate: torch.Tensor | None = None
+        return self.pool
 
     # ---- the query (frozen backbone) -------------------------------------------------------------------------
     @torch.no_grad()
     def query(self, model, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """q(x) [B, H]: the mean over the positions in ``mask`` of the token embeddings or last hidden states."""
         if self.options.query == "hidden":
-            was_training = model.training
-            model.eval()  # the frozen pre-trained feature: no dropout, also while training
-            if self.is_seq2seq:
-                states = model.get_encoder()(input_ids=input_ids, attention_mask=mask.long()).last_hidden_state
-            else:
-                states = model(input_ids=input_ids, attention_mask=mask.long(),
-                               output_hidden_states=True).hidden_states[-1]
-            model.train(was_training)
+            with evaluating(model):  # the frozen pre-trained feature: no dropout, also while training
+                if self.is_seq2seq:
+                    states = model.get_encoder()(input_ids=input_ids, attention_mask=mask.long()).last_hidden_state
+                else:
+                    states = model(input_ids=input_ids, attention_mask=mask.long(),
+                                   output_hidden_states=True).hidden_states[-1]
         else:
             states = self.embedding(input_ids)
         weights = mask.unsqueeze(-1).to(states.dtype)
@@ -114,26 +109,22 @@ class L2P(Method):
     def selection(self, model, input_ids, mask) -> tuple[torch.Tensor, torch.Tensor]:
         return self.pool.select(self.query(model, input_ids, mask), self.options.top_k)
 
-    # ---- training --------------------------------------------------------------------------------------------
-    def forward(self, model, batch):
-        mask = batch["attention_mask"].bool()
-        if not self.is_seq2seq:
-            mask = mask & (batch["labels"] == IGNORE_INDEX)  # the query sees the input only, as at test time
-        indices, cosines = self.selection(model, batch["input_ids"], mask)
+    def batch_selection(self, model, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The top-k of a training or evaluation batch: the query reads the input positions only, never a task id."""
+        return self.selection(model, batch["input_ids"], input_mask(batch, self.is_seq2seq))
+
+    # ---- the prompts of a batch: the same selection in training and at test time ------------------------------
+    def train_prompt(self, model, batch):
+        indices, cosines = self.batch_selection(model, batch)
         self._surrogate = self.options.key_loss_weight * (1 - cosines).sum(-1).mean()
-        return prompt_forward(model, batch, self.pool.bank.gather(indices))
+        return self.pool.bank.gather(indices)
+
+    def test_prompt(self, model, batch):
+        return self.pool.bank.gather(self.batch_selection(model, batch)[0])
 
     def extra_loss(self, model, batch, outputs):
         surrogate, self._surrogate = self._surrogate, None
         return surrogate
-
-    # ---- evaluation ------------------------------------------------------------------------------------------
-    def generate(self, model, batch, max_new_tokens):
-        # Only input_ids/attention_mask are read: the prompts are chosen by key matching, never by a task id.
-        input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
-        indices, _ = self.selection(model, input_ids, attention_mask.bool())
-        return prompt_generate(model, input_ids, attention_mask, self.pool.bank.gather(indices),
-                               max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
 
     # ---- insight: which prompts each task's test inputs select (paper Figure 5) ------------------------------
     @torch.no_grad()
@@ -142,17 +133,15 @@ class L2P(Method):
         counts = torch.zeros(self.options.pool_size)
         texts = [e.input for e in self.tasks[task_index].test]
         for batch in self.context.prompt_batches(task_index, texts):
-            indices, _ = self.selection(model, batch["input_ids"], batch["attention_mask"].bool())
+            indices, _ = self.batch_selection(model, batch)
             counts += torch.bincount(indices.flatten().cpu(), minlength=self.options.pool_size).float()
         return (counts / max(1, len(texts))).tolist()
 
     def on_run_end(self, model):
         if self.context is None or self.context.run_dir is None:
             return
-        was_training = model.training
-        model.eval()
-        matrix = [self.selection_frequency(model, j) for j in range(len(self.tasks))]
-        model.train(was_training)
+        with evaluating(model):
+            matrix = [self.selection_frequency(model, j) for j in range(len(self.tasks))]
         names = [t.name for t in self.tasks]
         path = self.context.run_dir
         atomic_write_json(path / SELECTION_JSON, {"tasks": names, "frequency": matrix})

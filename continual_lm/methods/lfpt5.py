@@ -26,9 +26,11 @@ import torch.nn.functional as F
 
 from ..data.collate import IGNORE_INDEX, Encoded
 from ..data.tasks import Example, Task
-from ..models.prompt_bank import PromptBank, prompt_forward, prompt_generate
+from ..models.lm_forward import evaluating
+from ..models.prompt_bank import prompt_forward, prompt_generate
 from .option_checks import check_fields
-from .base import Method, TrainExample
+from .base import TrainExample
+from .prompt_method import PromptMethod, pseudo_sample_count
 
 ANSWER_MARKER = "__ans__"
 
@@ -55,25 +57,23 @@ class LFPT5Options:
                      generator_max_tokens="an integer >= 4", top_k="an integer >= 0")  # top_k 0: no top-k cut
 
 
-class LFPT5(Method):
+class LFPT5(PromptMethod):
     name = "lfpt5"
-    soft_prompt_tuning = True
     description = "one soft prompt trained to solve tasks and to generate pseudo samples of earlier tasks (+KL)"
     Options = LFPT5Options
-    uses_task_id_at_test = False
     uses_task_id_at_train = True  # per-task generation markers and a KL teacher per task
+    uses_task_id_at_test = False
+    uses_replay = False  # no real example of an earlier task is kept
     uses_pseudo_samples = True
     pet_kind = "prompt"
     differs_from_paper = ("defaults: a 10-token prompt and 12.5 % pseudo samples per earlier task; SAPT compared "
                           "against 300 tokens and 2 % (set by --preset paper)")
+    initial_prompts = 1  # the one prompt, trained through the whole stream
+    prompt_module = "lfpt5_prompt"
 
     # ---- structure ---------------------------------------------------------------------------------------------
     def setup(self, model, backbone):
-        self.is_seq2seq = backbone.is_seq2seq
-        model.requires_grad_(False)
-        self.bank = PromptBank(model.get_input_embeddings(), self.options.prompt_length)
-        model.add_module("lfpt5_prompt", self.bank)  # checkpointed with the model's trainable parameters
-        self.bank.add_prompt()
+        super().setup(model, backbone)
         self.pseudo: dict[int, list[dict[str, str]]] = {}  # task -> [{"input", "output"}], regenerated per task
         self.teacher: torch.Tensor | None = None  # the prompt when the current task started (KL target)
         self.current_task = 0
@@ -83,6 +83,9 @@ class LFPT5(Method):
     @property
     def prompt(self) -> torch.nn.Parameter:
         return self.bank.prompts[0]
+
+    def test_prompt(self, model, batch):
+        return self.prompt  # the one prompt, for every input
 
     # ---- training ----------------------------------------------------------------------------------------------
     def train_examples(self, task_index, examples):
@@ -99,10 +102,6 @@ class LFPT5(Method):
 
     def forward(self, model, batch):
         return prompt_forward(model, batch, self.prompt, all_logits=True)  # kl_loss reads the answer positions
-
-    def generate(self, model, batch, max_new_tokens):
-        return prompt_generate(model, batch["input_ids"], batch["attention_mask"], self.prompt,
-                               max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
 
     def extra_loss(self, model, batch, outputs):
         terms = []
@@ -155,19 +154,15 @@ class LFPT5(Method):
     # ---- pseudo samples ----------------------------------------------------------------------------------------
     def pseudo_count(self, task_index: int) -> int:
         """Pseudo samples per earlier task while training ``task_index``."""
-        if self.options.pseudo_count is not None:
-            return self.options.pseudo_count
-        return max(1, round(self.options.pseudo_fraction * len(self.tasks[task_index].train)))
+        return pseudo_sample_count(self.options, self.tasks[task_index])
 
     def after_task(self, model, task_index, task, examples):
         self.teacher = None
         if task_index + 1 >= len(self.tasks):
             return  # nothing would use them
-        was_training = model.training
-        model.eval()
         count = self.pseudo_count(task_index + 1)
-        self.pseudo = {j: self.generate_pseudo_samples(model, j, count) for j in range(task_index + 1)}
-        model.train(was_training)
+        with evaluating(model):
+            self.pseudo = {j: self.generate_pseudo_samples(model, j, count) for j in range(task_index + 1)}
 
     @torch.no_grad()
     def sample_generations(self, model, task_index: int, count: int) -> list[str]:

@@ -199,6 +199,9 @@ class _LoRAMerge(_MergedEvaluation, LoRAMethod):
     """One LoRA trained per task (``live``); after each task its factors are kept as task vector t."""
 
     uses_task_id_at_train = True  # one task vector per task: training needs the task boundaries
+    uses_task_id_at_test = False  # the merge of the task vectors answers every input
+    uses_replay = False
+    uses_pseudo_samples = False
     composable_with = ("migu", "replay")  # not ewc: an independent task's LoRA restarts from the base
     supports_corpus_tasks = False  # its evaluated model exists only inside generate; corpus end tasks read the model
     pet_kind = "lora"
@@ -343,6 +346,9 @@ class MagMax(_MergedEvaluation, Method):
     description = "sequential full fine-tuning; evaluates theta_0 + lambda * per-entry max-magnitude task vector"
     Options = MagMaxOptions
     uses_task_id_at_train = True  # one task vector per task boundary
+    uses_task_id_at_test = False  # the merge of the task vectors answers every input
+    uses_replay = False
+    uses_pseudo_samples = False
     composable_with = ("migu", "replay")
     full_finetuning = True
     supports_corpus_tasks = False

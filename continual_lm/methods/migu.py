@@ -250,6 +250,10 @@ class MIGU(Method):
     description = "plugin: update only the rows whose linear outputs have large magnitudes (magnitude-based mask)"
     Options = MIGUOptions
     is_plugin = True
+    uses_task_id_at_train = False  # a mask from the current batch's own activations
+    uses_task_id_at_test = False
+    uses_replay = False
+    uses_pseudo_samples = False
 
     @property
     def threshold(self) -> float:

@@ -42,6 +42,10 @@ class MoELoRA(LoRAMethod):
     description = "a LoRA expert per task mixed by a learned token-level router (MoELoRA); no task id"
     composable_with = ("replay",)
     uses_task_id_at_train = True  # a new expert at each task boundary
+    uses_task_id_at_test = False  # the router mixes the experts per token
+    uses_replay = False
+    uses_pseudo_samples = False
+    pet_kind = "lora"
     supports_corpus_tasks = False  # a router over per-task experts (docs/continual_pretraining.md)
 
     def setup(self, model, backbone):

@@ -60,6 +60,10 @@ class OLoRA(LoRAMethod):
     Options = OLoRAOptions
     composable_with = ("migu", "replay")
     uses_task_id_at_train = True  # a new LoRA at each task boundary
+    uses_task_id_at_test = False  # the LoRAs are summed for every input
+    uses_replay = False
+    uses_pseudo_samples = False
+    pet_kind = "lora"
 
     def setup(self, model, backbone):
         super().setup(model, backbone)

@@ -82,6 +82,9 @@ class OSF(Method):
     description = "full fine-tuning orthogonal to the earlier tasks' dominant singular directions (peft OSF)"
     Options = OSFOptions
     uses_task_id_at_train = True  # a new decomposition per task
+    uses_task_id_at_test = False
+    uses_replay = False
+    uses_pseudo_samples = False
     composable_with = ("replay",)  # not migu/ewc: their masks and anchors address the weights peft re-parametrises
     full_finetuning = True
     pet_kind = "full"

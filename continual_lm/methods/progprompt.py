@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..models.prompt_bank import PromptBank, prompt_forward, prompt_generate
+from ..models.prompt_bank import PromptBank
 from .option_checks import check_choice, check_fields
-from .base import Method
+from .prompt_method import PromptMethod
 
 REPARAM_MODES = ("none", "mlp")
 
@@ -64,9 +64,8 @@ class ProgressivePrompts(nn.Module):
 
     def add_task_prompt(self) -> None:
         """Freeze every existing prompt (and MLP), then add a trainable one for the new task."""
-        for p in self.parameters():
-            p.requires_grad_(False)
-        self.bank.add_prompt()
+        self.mlps.requires_grad_(False)
+        self.bank.add_prompt(freeze_earlier=True)
         if self.bottleneck is not None:
             weight = self.bank.prompts[-1]
             self.mlps.append(ResidualMLP(self.bank.hidden_size, self.bottleneck).to(weight.device, weight.dtype))
@@ -80,32 +79,25 @@ class ProgressivePrompts(nn.Module):
         return torch.cat([self.prompt(i) for i in reversed(range(self.num_prompts))], dim=0)
 
 
-class ProgPrompt(Method):
+class ProgPrompt(PromptMethod):
     name = "progprompt"
-    soft_prompt_tuning = True
     description = "Progressive Prompts: a new soft prompt per task after the frozen earlier ones (no task id)"
     Options = ProgPromptOptions
-    uses_task_id_at_test = False
     uses_task_id_at_train = True  # a new prompt at each task boundary
+    uses_task_id_at_test = False
+    uses_replay = False
+    uses_pseudo_samples = False
     pet_kind = "prompt"
-    supports_corpus_tasks = False  # the knowledge is in prompts outside the model body an end task fine-tunes
+    prompt_module = "progprompt"
 
-    def setup(self, model, backbone):
-        model.requires_grad_(False)
+    def build_prompts(self):
         bottleneck = self.options.mlp_bottleneck if self.options.reparam == "mlp" else None
-        self.prompts = ProgressivePrompts(model.get_input_embeddings(), self.options.prompt_length, bottleneck)
-        model.add_module("progprompt", self.prompts)  # checkpointed with the model's parameters
+        self.prompts = ProgressivePrompts(self.embedding, self.options.prompt_length, bottleneck)
+        return self.prompts
 
     def before_task(self, model, task_index, task):
         self.prompts.add_task_prompt()
 
-    def forward(self, model, batch):
-        return prompt_forward(model, batch, self.prompts.progression())
-
-    def generate(self, model, batch, max_new_tokens):
-        # Every input gets the full progression: no task id is read.
-        input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
-        kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, synced_gpus=False)
-        if self.prompts.num_prompts == 0:  # before the first task (zero-shot evaluation of unseen tasks)
-            return model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        return prompt_generate(model, input_ids, attention_mask, self.prompts.progression(), **kwargs)
+    def test_prompt(self, model, batch):
+        """Every input gets the full progression: no task id is read (no prompt before the first task)."""
+        return self.prompts.progression() if self.prompts.num_prompts else None

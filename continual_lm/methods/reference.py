@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import ContinualLMError
-from ..models.prompt_bank import PromptBank, prompt_forward, prompt_generate
 from .base import LoRAMethod, Phase, build_options
+from .prompt_method import PromptMethod
 
 PET_KINDS = ("lora", "prompt", "full")
 
@@ -57,30 +57,25 @@ class _Reference(LoRAMethod):
             bank.lora_B[0].requires_grad_(True)
 
 
-class _PromptBlock:
-    """The ``pet = prompt`` variant of a reference: one soft prompt, the backbone frozen. A class of its own because
-    a method with its own forward/generate is treated differently by the engines and continual pre-training."""
+class _PromptBlock(PromptMethod):
+    """The ``pet = prompt`` variant of a reference: one soft prompt, the backbone frozen, as the prompt methods. A
+    class of its own because a method with its own forward/generate is treated differently by the engines and
+    continual pre-training."""
 
-    soft_prompt_tuning = True  # the soft-prompt default learning rate, as the prompt methods
+    initial_prompts = 1  # the one prompt of the run
+    prompt_module = "reference_prompt"
 
-    def setup(self, model, backbone):
-        model.requires_grad_(False)
-        self.bank = PromptBank(model.get_input_embeddings(), self.options.prompt_length)
-        model.add_module("reference_prompt", self.bank)  # checkpointed with the model's trainable parameters
-        self.bank.add_prompt()
-
-    def forward(self, model, batch):
-        return prompt_forward(model, batch, self.bank.prompts[0])
-
-    def generate(self, model, batch, max_new_tokens):
-        return prompt_generate(model, batch["input_ids"], batch["attention_mask"], self.bank.prompts[0],
-                               max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
+    def test_prompt(self, model, batch):
+        return self.bank.prompts[0]
 
 
 class MTL(_Reference):
     name = "mtl"
     description = "multi-task learning on all tasks jointly (upper reference; fills only the last matrix row)"
     uses_replay = True  # trains on every task's real examples at once (replay of everything)
+    uses_task_id_at_train = False  # one block trained on the shuffled union of the tasks
+    uses_task_id_at_test = False
+    uses_pseudo_samples = False
 
     def schedule(self, num_tasks, eval_all_tasks):
         everything = tuple(range(num_tasks))
@@ -92,6 +87,8 @@ class Single(_Reference):
     description = "each task trained alone from the base model (FWT reference; uses the task id at test)"
     uses_task_id_at_train = True  # a fresh block per task
     uses_task_id_at_test = True  # task j is evaluated with the model trained on task j
+    uses_replay = False
+    uses_pseudo_samples = False
 
     def schedule(self, num_tasks, eval_all_tasks):
         return [Phase(i, (i,), (i,), reset=True) for i in range(num_tasks)]

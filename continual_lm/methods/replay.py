@@ -35,6 +35,8 @@ class Replay(Method):
     is_plugin = True
     uses_replay = True
     uses_task_id_at_train = True  # a memory per finished task
+    uses_task_id_at_test = False
+    uses_pseudo_samples = False
 
     def __init__(self, config, options=None):
         super().__init__(config, options)

@@ -28,10 +28,11 @@ from ..data.collate import IGNORE_INDEX, Encoded
 from ..data.tasks import Example
 from ..eval.report import plot_fraction_heatmap
 from ..io_utils import atomic_write_json
-from ..models.lm_forward import batch_forward
+from ..models.lm_forward import batch_forward, evaluating, model_mode
 from ..models.prompt_bank import PromptBank, prompt_forward, prompt_generate
 from .option_checks import check_choice, check_fields
 from .base import LoRAMethod, Method, TrainExample
+from .prompt_method import PromptMethod, frozen_backbone, input_mask, pseudo_sample_count
 
 ARM_MODES = ("kl", "none", "replay")
 QUERY_FORMS = ("paper", "reference")  # where the SiLU of the query projection sits (docs/methods/sapt.md)
@@ -159,8 +160,9 @@ def kl_to_stored(stored: torch.Tensor, log_attention: torch.Tensor) -> torch.Ten
 
 
 class SAPT(Method):
-    """Shared implementation; the subclasses supply the PET blocks (``*_block``, ``run_blocks``, ``generate_with``)
-    and the temporary generator of pseudo inputs (``*_generator``)."""
+    """Shared implementation; the subclasses supply the PET blocks (``setup_blocks``, ``add_block``, and the forward
+    and generate that combine them by ``batch_weights``) and the temporary generator of pseudo inputs
+    (``*_generator``)."""
 
     Options = SAPTOptions
     # Training phase t trains block t and key t: the phase's task index picks them, and pseudo inputs and stored
@@ -182,11 +184,9 @@ class SAPT(Method):
     # ---- structure ---------------------------------------------------------------------------------------------
     def setup(self, model, backbone):
         options = self.options
-        self.is_seq2seq = backbone.is_seq2seq
-        self.embedding = model.get_input_embeddings()
+        self.is_seq2seq, self.embedding = frozen_backbone(model)
         hidden = self.embedding.weight.shape[1]
         temperature = options.temperature or math.sqrt(hidden)
-        model.requires_grad_(False)
         self.attention = SharedAttention(hidden, options.query_hidden, temperature, options.query_form)
         self.attention.to(self.embedding.weight.device)
         model.add_module("sapt_attention", self.attention)  # its parameters are checkpointed with the model's
@@ -217,18 +217,10 @@ class SAPT(Method):
         embeds = self.embedding(input_ids)
         return self.attention.log_weights(embeds, mask) if log else self.attention(embeds, mask)
 
-    def forward(self, model, batch):
-        mask = batch["attention_mask"].bool()
-        if not self.is_seq2seq:
-            mask = mask & (batch["labels"] == IGNORE_INDEX)  # the query sees the input only, as at test time
-        return self.run_blocks(model, batch, self.attention_weights(batch["input_ids"], mask))
-
-    def generate(self, model, batch, max_new_tokens):
-        # Only input_ids/attention_mask are read: the blocks are selected by the attention, never by a task id.
-        input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
-        weights = self.attention_weights(input_ids, attention_mask.bool())
-        return self.generate_with(model, input_ids, attention_mask, weights, max_new_tokens=max_new_tokens,
-                                  do_sample=False, num_beams=1)
+    def batch_weights(self, batch) -> torch.Tensor:
+        """The attention over the blocks [B, T] of a training or evaluation batch: the query pools the input
+        positions only (the same in training and at test time), never a task id."""
+        return self.attention_weights(batch["input_ids"], input_mask(batch, self.is_seq2seq))
 
     # ---- ARM: the KL term (Eq. 5-6) ----------------------------------------------------------------------------
     def train_examples(self, task_index, examples):
@@ -285,23 +277,19 @@ class SAPT(Method):
         return torch.cat(rows).mean(0).tolist()
 
     def after_task(self, model, task_index, task, examples):
-        was_training = model.training
-        model.eval()
         inputs = [e.input for e in task.train]
-        # The stored attention of Eq. 5: the paper averages test inputs, the reference code the validation split;
-        # here the task's training inputs after training (data every method has; docs/methods/sapt.md).
-        self.mean_attention[task_index] = self.mean_attention_on(task_index, inputs)
-        if self.options.arm != "none" and task_index + 1 < len(self.tasks):
-            pseudo = self.generate_pseudo_inputs(model, task_index, inputs)
-            replayed = self.options.arm == "replay"
-            answers = self.greedy_answers(model, task_index, pseudo) if replayed else [""] * len(pseudo)
-            self.pseudo[task_index] = [{"input": i, "output": o} for i, o in zip(pseudo, answers)]
-        model.train(was_training)
+        with evaluating(model):
+            # The stored attention of Eq. 5: the paper averages test inputs, the reference code the validation
+            # split; here the task's training inputs after training (data every method has; docs/methods/sapt.md).
+            self.mean_attention[task_index] = self.mean_attention_on(task_index, inputs)
+            if self.options.arm != "none" and task_index + 1 < len(self.tasks):
+                pseudo = self.generate_pseudo_inputs(model, task_index, inputs)
+                replayed = self.options.arm == "replay"
+                answers = self.greedy_answers(model, task_index, pseudo) if replayed else [""] * len(pseudo)
+                self.pseudo[task_index] = [{"input": i, "output": o} for i, o in zip(pseudo, answers)]
 
     def pseudo_count(self, task_index: int) -> int:
-        if self.options.pseudo_count is not None:
-            return self.options.pseudo_count
-        return max(1, round(self.options.pseudo_fraction * len(self.tasks[task_index].train)))
+        return pseudo_sample_count(self.options, self.tasks[task_index])
 
     def generator_step_count(self, num_inputs: int) -> int:
         options = self.options
@@ -339,20 +327,20 @@ class SAPT(Method):
             optimizer = self._generator_optimizer(params)
             encoded = [self._generator_encoded(t) for t in texts]
             order = torch.Generator().manual_seed(self.config.seed * 31 + task_index)
-            model.train()
-            queue: list[int] = []
-            for _ in range(self.generator_step_count(len(encoded))):
-                if not queue:
-                    queue = torch.randperm(len(encoded), generator=order).tolist()
-                chosen, queue = queue[:options.generator_batch_size], queue[options.generator_batch_size:]
-                batch = {k: v.to(device) for k, v in collator.train_batch([encoded[i] for i in chosen]).items()}
-                self.generator_forward(model, batch).loss.backward()
-                if self.config.max_grad_norm:
-                    torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            model.eval()
-            generated = self._sample_pseudo_inputs(model, self.pseudo_count(task_index))
+            with model_mode(model, training=True):
+                queue: list[int] = []
+                for _ in range(self.generator_step_count(len(encoded))):
+                    if not queue:
+                        queue = torch.randperm(len(encoded), generator=order).tolist()
+                    chosen, queue = queue[:options.generator_batch_size], queue[options.generator_batch_size:]
+                    batch = {k: v.to(device) for k, v in collator.train_batch([encoded[i] for i in chosen]).items()}
+                    self.generator_forward(model, batch).loss.backward()
+                    if self.config.max_grad_norm:
+                        torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+            with evaluating(model):
+                generated = self._sample_pseudo_inputs(model, self.pseudo_count(task_index))
         finally:
             self.remove_generator()
             for p, flag in previous.items():
@@ -380,11 +368,9 @@ class SAPT(Method):
         if self.context is None or self.context.run_dir is None:
             return
         T = len(self.attention.keys)
-        was_training = model.training
-        model.eval()
-        test = [self.mean_attention_on(j, [e.input for e in self.tasks[j].test]) if self.tasks[j].test else [0.0] * T
-                for j in range(T)]
-        model.train(was_training)
+        with evaluating(model):
+            test = [self.mean_attention_on(j, [e.input for e in self.tasks[j].test]) if self.tasks[j].test
+                    else [0.0] * T for j in range(T)]
         train = [self.mean_attention.get(j, []) + [0.0] * (T - len(self.mean_attention.get(j, []))) for j in range(T)]
         names = [t.name for t in self.tasks[:T]]
         path = self.context.run_dir
@@ -404,22 +390,12 @@ class SAPT(Method):
         self.pseudo = {int(k): v for k, v in meta.get("pseudo", {}).items()}
         self.mean_attention = {int(k): v for k, v in meta.get("mean_attention", {}).items()}
 
-    # ---- the PET blocks and the generator (subclasses) ---------------------------------------------------------
+    # ---- the PET blocks and the generator (subclasses; forward and generate combine the blocks) ------------------
     def setup_blocks(self, model, backbone) -> None:
-        raise NotImplementedError
-
-    def num_blocks(self) -> int:
         raise NotImplementedError
 
     def add_block(self) -> None:
         """A new trainable block for the new task; earlier blocks frozen."""
-        raise NotImplementedError
-
-    def run_blocks(self, model, batch, weights):
-        """The training forward of ``batch`` with the blocks combined by ``weights`` [B, num_blocks]."""
-        raise NotImplementedError
-
-    def generate_with(self, model, input_ids, attention_mask, weights, **generate_kwargs) -> torch.Tensor:
         raise NotImplementedError
 
     def add_generator(self) -> list[nn.Parameter]:
@@ -451,6 +427,7 @@ class SAPTLoRA(SAPT, LoRAMethod):
     name = "sapt-lora"
     description = "SAPT with a LoRA per task, combined by an input-level shared attention (no task id)"
     Options = SAPTLoRAOptions
+    pet_kind = "lora"
 
     def setup_blocks(self, model, backbone):
         LoRAMethod.setup(self, model, backbone)
@@ -465,13 +442,13 @@ class SAPTLoRA(SAPT, LoRAMethod):
     def add_block(self):
         self.add_task_lora(freeze_previous=True)
 
-    def run_blocks(self, model, batch, weights):
-        self.mixer.weights = weights
+    def forward(self, model, batch):
+        self.mixer.weights = self.batch_weights(batch)
         return batch_forward(model, batch)
 
-    def generate_with(self, model, input_ids, attention_mask, weights, **generate_kwargs):
-        self.mixer.weights = weights
-        return model.generate(input_ids=input_ids, attention_mask=attention_mask, synced_gpus=False, **generate_kwargs)
+    def generate(self, model, batch, max_new_tokens):
+        self.mixer.weights = self.batch_weights(batch)
+        return super().generate(model, batch, max_new_tokens)
 
     def add_generator(self):
         """A LoRA of its own rank/alpha/dropout on every target projection (paper Appendix C: rank 8), as forward
@@ -507,31 +484,22 @@ class SAPTLoRA(SAPT, LoRAMethod):
         return model.generate(input_ids=input_ids, attention_mask=attention_mask, synced_gpus=False, **generate_kwargs)
 
 
-class SAPTPrompt(SAPT):
+class SAPTPrompt(SAPT, PromptMethod):
     name = "sapt-prompt"
     pet_kind = "prompt"
     description = "SAPT with a soft prompt per task, combined by an input-level shared attention (no task id)"
     Options = SAPTPromptOptions
-    soft_prompt_tuning = True  # default lr 3e-2 (paper Appendix C, SuperNI), as the other prompt methods
+    prompt_module = "sapt_prompts"
 
     def setup_blocks(self, model, backbone):
-        self.bank = PromptBank(self.embedding, self.options.prompt_length)
-        model.add_module("sapt_prompts", self.bank)
+        self.attach_prompts(model)  # after the shared attention: the order of the model's parameters is kept
         self._generator: nn.Parameter | None = None
 
-    def num_blocks(self):
-        return self.bank.num_prompts
-
     def add_block(self):
-        for prompt in self.bank.prompts:
-            prompt.requires_grad_(False)
-        self.bank.add_prompt()
+        self.bank.add_prompt(freeze_earlier=True)
 
-    def run_blocks(self, model, batch, weights):
-        return prompt_forward(model, batch, self.bank.weighted(weights))
-
-    def generate_with(self, model, input_ids, attention_mask, weights, **generate_kwargs):
-        return prompt_generate(model, input_ids, attention_mask, self.bank.weighted(weights), **generate_kwargs)
+    def test_prompt(self, model, batch):
+        return self.bank.weighted(self.batch_weights(batch))  # Eq. 3: the attention-weighted sum of the prompts
 
     def add_generator(self):
         """A ``generator_prompt_length``-token prompt (paper Appendix C: 300) from sampled vocabulary embeddings."""

@@ -7,6 +7,10 @@ class SeqFT(Method):
     description = "sequential full fine-tuning of all parameters"
     composable_with = ("migu", "replay", "ewc")
     full_finetuning = True
+    uses_task_id_at_train = False  # one model trained through the whole stream
+    uses_task_id_at_test = False
+    uses_replay = False
+    uses_pseudo_samples = False
     pet_kind = "full"
 
     def setup(self, model, backbone):

@@ -6,6 +6,11 @@ class SeqLoRA(LoRAMethod):
     name = "seqlora"
     description = "one LoRA trained sequentially through all tasks"
     composable_with = ("migu", "replay", "ewc")
+    uses_task_id_at_train = False  # one LoRA trained through the whole stream
+    uses_task_id_at_test = False
+    uses_replay = False
+    uses_pseudo_samples = False
+    pet_kind = "lora"
 
     def setup(self, model, backbone):
         super().setup(model, backbone)

@@ -9,9 +9,14 @@ the [batch, length, vocabulary] logits. On SmolLM2-135M (49,152-token vocabulary
 
 Seq2seq models (whose decoder logits are the answer's already), masked LMs, models whose ``forward`` has no
 ``logits_to_keep``, and batches without labels or without any answer token take the model's own forward.
+
+Beside it, what methods ask of the model they are handed (possibly inside a DDP/DeepSpeed wrapper): the model
+itself (``unwrapped``), whether it is seq2seq, its input-embedding layer, and ``evaluating(model)``, a context in
+which it is in evaluation mode (no dropout), its previous mode restored afterwards.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 
@@ -31,6 +36,29 @@ def unwrapped(model: nn.Module) -> nn.Module:
 
 def is_seq2seq_model(model: nn.Module) -> bool:
     return bool(getattr(unwrapped(model).config, "is_encoder_decoder", False))
+
+
+def input_embeddings(model: nn.Module) -> nn.Module:
+    """The input-embedding layer of the (wrapped) model: the token embeddings soft prompts are put in front of."""
+    return unwrapped(model).get_input_embeddings()
+
+
+@contextlib.contextmanager
+def model_mode(model: nn.Module, training: bool):
+    """``with model_mode(model, training=...):`` the model (every submodule) in that mode inside, and afterwards
+    in the mode the model itself was in before (also after an exception)."""
+    was_training = model.training
+    model.train(training)
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def evaluating(model: nn.Module):
+    """``with evaluating(model):`` evaluation mode (no dropout) inside, e.g. for statistics or samples a hook takes
+    during training; the previous mode afterwards."""
+    return model_mode(model, training=False)
 
 
 @functools.lru_cache(maxsize=None)

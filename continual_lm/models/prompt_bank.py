@@ -2,7 +2,8 @@
 
 Each prompt is a [length, hidden] matrix initialised from randomly sampled rows of the backbone's vocabulary
 embedding (Lester et al., 2021). Prompts are stacked in a ParameterList so methods can grow the bank per task and
-freeze earlier prompts. A method builds, per example, the prompt it wants ([B, L, H] or one [L, H] for the batch):
+freeze earlier prompts (``add_prompt(freeze_earlier=True)``: ProgPrompt, EPI, SAPT-Prompt). A method builds, per
+example, the prompt it wants ([B, L, H] or one [L, H] for the batch):
 
     weighted(weights [B, P])        attention-weighted sum of all prompts (SAPT-Prompt)
     gather(indices [B, k])          per-example selection, concatenated ([B, k*L, H]; L2P top-k, EPI's chosen task)
@@ -18,11 +19,12 @@ import torch
 from torch import nn
 
 from ..data.collate import IGNORE_INDEX
-from .lm_forward import is_seq2seq_model, lm_forward, unwrapped
+from .lm_forward import input_embeddings, is_seq2seq_model, lm_forward
 
 
 class PromptBank(nn.Module):
-    def __init__(self, embedding: nn.Embedding, length: int = 10):
+    def __init__(self, embedding: nn.Embedding, length: int = 10, prompts: int = 0):
+        """A bank of ``length``-token prompts over ``embedding``, starting with ``prompts`` of them."""
         super().__init__()
         if length <= 0:
             raise ValueError(f"prompt length must be positive, got {length}")
@@ -30,13 +32,19 @@ class PromptBank(nn.Module):
         self.hidden_size = embedding.weight.shape[1]
         self._embedding = [embedding]  # a plain reference: not a submodule, so no duplicate parameters
         self.prompts = nn.ParameterList()  # each [length, hidden]
+        for _ in range(prompts):
+            self.add_prompt()
 
     @property
     def num_prompts(self) -> int:
         return len(self.prompts)
 
-    def add_prompt(self) -> int:
-        """Append a prompt initialised from ``length`` sampled vocabulary embeddings; return its index."""
+    def add_prompt(self, freeze_earlier: bool = False) -> int:
+        """Append a prompt initialised from ``length`` sampled vocabulary embeddings; return its index. With
+        ``freeze_earlier`` every existing prompt stops training first (a new prompt per task)."""
+        if freeze_earlier:
+            for prompt in self.prompts:
+                prompt.requires_grad_(False)
         weight = self._embedding[0].weight
         rows = torch.randint(0, weight.shape[0], (self.length,), device=weight.device)
         self.prompts.append(nn.Parameter(weight.detach()[rows].clone()))
@@ -65,7 +73,7 @@ class PromptBank(nn.Module):
 def prepend_prompt(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt: torch.Tensor,
                    labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Model keyword arguments with ``prompt`` ([L, H] or [B, L, H]) in front of the embedded ``input_ids``."""
-    embeds = unwrapped(model).get_input_embeddings()(input_ids)
+    embeds = input_embeddings(model)(input_ids)
     batch = input_ids.shape[0]
     if prompt.dim() == 2:
         prompt = prompt.unsqueeze(0).expand(batch, -1, -1)
