@@ -165,12 +165,12 @@ class EPI(Method):
         features = self.representation(model, batch["input_ids"], batch["attention_mask"])
         return self.selector.select(features).to(batch["input_ids"].device)
 
-    def generate(self, model, batch, max_new_tokens):
+    def generate(self, model, batch, max_new_tokens, **generate_kwargs):
         # Only input_ids/attention_mask are read: the prompt is chosen from the input, never from a task id.
         input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
         prompts = self.bank.gather(self.select_tasks(model, batch))
         return prompt_generate(model, input_ids, attention_mask, prompts, max_new_tokens=max_new_tokens,
-                               do_sample=False, num_beams=1)
+                               do_sample=False, num_beams=1, **generate_kwargs)
 
     # ---- insight: task-identification accuracy -------------------------------------------------------------------
     @torch.no_grad()

@@ -128,12 +128,12 @@ class L2P(Method):
         return surrogate
 
     # ---- evaluation ------------------------------------------------------------------------------------------
-    def generate(self, model, batch, max_new_tokens):
+    def generate(self, model, batch, max_new_tokens, **generate_kwargs):
         # Only input_ids/attention_mask are read: the prompts are chosen by key matching, never by a task id.
         input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
         indices, _ = self.selection(model, input_ids, attention_mask.bool())
         return prompt_generate(model, input_ids, attention_mask, self.pool.bank.gather(indices),
-                               max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
+                               max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, **generate_kwargs)
 
     # ---- insight: which prompts each task's test inputs select (paper Figure 5) ------------------------------
     @torch.no_grad()

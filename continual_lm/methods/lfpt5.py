@@ -100,9 +100,9 @@ class LFPT5(Method):
     def forward(self, model, batch):
         return prompt_forward(model, batch, self.prompt, all_logits=True)  # kl_loss reads the answer positions
 
-    def generate(self, model, batch, max_new_tokens):
+    def generate(self, model, batch, max_new_tokens, **generate_kwargs):
         return prompt_generate(model, batch["input_ids"], batch["attention_mask"], self.prompt,
-                               max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
+                               max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, **generate_kwargs)
 
     def extra_loss(self, model, batch, outputs):
         terms = []

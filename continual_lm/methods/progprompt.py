@@ -102,10 +102,11 @@ class ProgPrompt(Method):
     def forward(self, model, batch):
         return prompt_forward(model, batch, self.prompts.progression())
 
-    def generate(self, model, batch, max_new_tokens):
+    def generate(self, model, batch, max_new_tokens, **generate_kwargs):
         # Every input gets the full progression: no task id is read.
         input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
-        kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, synced_gpus=False)
+        kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, synced_gpus=False,
+                      **generate_kwargs)
         if self.prompts.num_prompts == 0:  # before the first task (zero-shot evaluation of unseen tasks)
             return model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         return prompt_generate(model, input_ids, attention_mask, self.prompts.progression(), **kwargs)

@@ -72,9 +72,9 @@ class _PromptBlock:
     def forward(self, model, batch):
         return prompt_forward(model, batch, self.bank.prompts[0])
 
-    def generate(self, model, batch, max_new_tokens):
+    def generate(self, model, batch, max_new_tokens, **generate_kwargs):
         return prompt_generate(model, batch["input_ids"], batch["attention_mask"], self.bank.prompts[0],
-                               max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
+                               max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, **generate_kwargs)
 
 
 class MTL(_Reference):

@@ -223,12 +223,12 @@ class SAPT(Method):
             mask = mask & (batch["labels"] == IGNORE_INDEX)  # the query sees the input only, as at test time
         return self.run_blocks(model, batch, self.attention_weights(batch["input_ids"], mask))
 
-    def generate(self, model, batch, max_new_tokens):
+    def generate(self, model, batch, max_new_tokens, **generate_kwargs):
         # Only input_ids/attention_mask are read: the blocks are selected by the attention, never by a task id.
         input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
         weights = self.attention_weights(input_ids, attention_mask.bool())
         return self.generate_with(model, input_ids, attention_mask, weights, max_new_tokens=max_new_tokens,
-                                  do_sample=False, num_beams=1)
+                                  do_sample=False, num_beams=1, **generate_kwargs)
 
     # ---- ARM: the KL term (Eq. 5-6) ----------------------------------------------------------------------------
     def train_examples(self, task_index, examples):

@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import RunConfig
+from ..data.batching import train_loader
 from ..data.collate import Collator
 from ..data.tasks import CORPUS, Task
 from ..errors import ContinualLMError
@@ -199,7 +200,6 @@ class ContinualRunner:
 
     # ---- training --------------------------------------------------------------------------------------------
     def train_phase(self, phase: Phase) -> float:
-        from torch.utils.data import DataLoader
         from transformers import get_scheduler
 
         config, accelerator, model, method = self.config, self.accelerator, self.model, self.method
@@ -213,8 +213,7 @@ class ContinualRunner:
             raise ContinualLMError(f"method {method.name}: nothing to train in phase {phase.row}")
         generator = torch.Generator().manual_seed(self.phase_seed(config.seed, phase.row))
         self.collator.mlm_generator.manual_seed(self.phase_seed(config.seed, phase.row))  # masked LM positions
-        loader = DataLoader(features, batch_size=config.batch_size, shuffle=True, generator=generator,
-                            collate_fn=self.collator.train_batch)
+        loader = train_loader(features, config.batch_size, generator, self.collator.train_batch, config.group_by_length)
         model.train()  # before start_training: a partitioned copy takes the model's mode
         training = start_training(
             accelerator, model, loader,
