@@ -16,10 +16,10 @@ the runs directory (so several invocations, e.g. one per method, build one table
 
 `--jobs N` runs N runs at a time, each in its own process with usable cores/N threads (the cores this process may
 run on, `os.sched_getaffinity`; `--threads` to set) and OpenMP threads that sleep while they wait
-(continual_lm/threads.py), its output in bench/runs/<preset>/<benchmark>/<method>.log. On a 2-core CPU `--jobs 2` gets more done per hour than one run on
-2 threads (1.33x, bench/jobs_throughput.md). Every invocation that runs something records its wall time, jobs,
-threads and finished runs in bench/runs/<preset>/invocations.json (at its start and after each run, so a killed one
-still counts), and RESULTS.md quotes them.
+(continual_lm/threads.py), its output in bench/runs/<preset>/<benchmark>/<method>.log. On a 2-core CPU `--jobs 2`
+gets more done per hour than one run on 2 threads (1.33x, bench/jobs_throughput.md). Every invocation that runs
+something records its wall time, jobs, threads and finished runs in bench/runs/<preset>/invocations.json (at its
+start and after each run, so a killed one still counts), and RESULTS.md quotes them.
 """
 from __future__ import annotations
 

@@ -9,8 +9,8 @@ runs (``RUNTIME``: progress bars, trackers, checkpoint pruning, the output direc
 threads), the per-process batch (``PER_PROCESS``; the global batch is recorded instead, so that a run resumes on
 another number of processes) and where its inputs lie (``LOCATIONS``: data, stream file, lm-eval tasks, the
 single-task reference run), whose content the data hashes cover instead, so that a run directory or its data can be
-moved. A task's hash covers what the run reads of it (name, kind, metric, instruction, template, labels, every train and test example after subsampling),
-whatever reader produced it.
+moved. A task's hash covers what the run reads of it (name, kind, metric, instruction, template, labels, every
+train and test example after subsampling), whatever reader produced it.
 """
 from __future__ import annotations
 
