@@ -89,3 +89,21 @@ def test_a_run_from_before_the_option_resumes_with_shuffled_batches(tmp_path):
     recorded, _ = recorded_config(run_dir.path)  # no "config.yaml differs from run.json" error either
     assert recorded.group_by_length is False
     assert tiny_config(tmp_path).group_by_length is True  # a new run groups by length
+
+
+def test_processes_get_shares_of_the_global_batches_one_process_would_train_on():
+    """accelerate deals batch k to process k % N, each accumulates A of them: N processes at batch b with A
+    accumulation steps train on the batches of one process with batch N x A x b (here N x A = 3)."""
+    lengths = _lengths(103)
+    one = _batches(lengths, 6, 4)
+    sampler = LengthGroupedBatches(lengths, 2, torch.Generator().manual_seed(4), shares=3)
+    shares = list(sampler)
+    assert len(shares) == len(sampler)
+    rebuilt, chunks = [], iter(shares)
+    for batch in one:  # each global batch comes as its consecutive per-process shares (the last may be short)
+        joined = []
+        while len(joined) < len(batch):
+            joined += next(chunks)
+        rebuilt.append(joined)
+    assert rebuilt == one and next(chunks, None) is None
+    assert all(len(share) == 2 for share in shares[:-1])

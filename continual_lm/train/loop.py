@@ -213,7 +213,8 @@ class ContinualRunner:
             raise ContinualLMError(f"method {method.name}: nothing to train in phase {phase.row}")
         generator = torch.Generator().manual_seed(self.phase_seed(config.seed, phase.row))
         self.collator.mlm_generator.manual_seed(self.phase_seed(config.seed, phase.row))  # masked LM positions
-        loader = train_loader(features, config.batch_size, generator, self.collator.train_batch, config.group_by_length)
+        loader = train_loader(features, config.batch_size, generator, self.collator.train_batch, config.group_by_length,
+                              accelerator.num_processes * config.grad_accum)
         model.train()  # before start_training: a partitioned copy takes the model's mode
         training = start_training(
             accelerator, model, loader,
