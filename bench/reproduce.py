@@ -14,11 +14,12 @@ first on each benchmark and gives every other run its FWT reference. A method ma
 VARIANTS (a method with options, e.g. `sapt-lora-noarm`). RESULTS.md always lists every finished run found under
 the runs directory (so several invocations, e.g. one per method, build one table); `--table-only` just rewrites it.
 
-`--jobs N` runs N runs at a time, each in its own process with cpu_count/N threads (`--threads` to set), its output
-in bench/runs/<preset>/<benchmark>/<method>.log. On a 2-core CPU `--jobs 2` gets more done per hour than one run on
-2 threads (1.33x, bench/jobs_throughput.md). Every invocation that runs something records its wall time, jobs,
-threads and finished runs in bench/runs/<preset>/invocations.json (at its start and after each run, so a killed one
-still counts), and RESULTS.md quotes them.
+`--jobs N` runs N runs at a time, each in its own process with usable cores/N threads (the cores this process may
+run on, `os.sched_getaffinity`; `--threads` to set) and OpenMP threads that sleep while they wait
+(continual_lm/threads.py), its output in bench/runs/<preset>/<benchmark>/<method>.log. On a 2-core CPU `--jobs 2`
+gets more done per hour than one run on 2 threads (1.33x, bench/jobs_throughput.md). Every invocation that runs
+something records its wall time, jobs, threads and finished runs in bench/runs/<preset>/invocations.json (at its
+start and after each run, so a killed one still counts), and RESULTS.md quotes them.
 """
 from __future__ import annotations
 
@@ -36,6 +37,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+
+from continual_lm.threads import apply_threads, set_openmp_defaults, usable_cores  # noqa: E402 (no torch)
+
+set_openmp_defaults()  # before torch loads OpenMP: its threads sleep while they wait (continual_lm/threads.py)
 
 from continual_lm.config import RunConfig  # noqa: E402
 from continual_lm.io_utils import atomic_write_json, atomic_write_text  # noqa: E402
@@ -180,9 +185,9 @@ def seqlora_runner(preset_name: str, benchmark: str, data_dir: str):
 
 
 def _start_worker(threads: int) -> None:
-    import torch
+    from continual_lm.threads import apply_threads
 
-    torch.set_num_threads(threads)
+    apply_threads(threads)
 
 
 def run_all(queue: list[tuple[str, str]], run_args, jobs: int, threads: int, on_finish) -> None:
@@ -201,8 +206,9 @@ def run_all(queue: list[tuple[str, str]], run_args, jobs: int, threads: int, on_
             on_finish(*item)
         return
     pending, running = list(remaining), {}
-    saved = os.environ.get("OMP_NUM_THREADS")
+    saved = {name: os.environ.get(name) for name in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
     os.environ["OMP_NUM_THREADS"] = str(threads)  # read by each worker's torch at import
+    set_openmp_defaults()  # the workers' OpenMP threads sleep while they wait (unless the user chose)
     try:
         with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
                                  initializer=_start_worker, initargs=(threads,)) as pool:
@@ -217,10 +223,11 @@ def run_all(queue: list[tuple[str, str]], run_args, jobs: int, threads: int, on_
                     remaining.remove(item)
                     on_finish(*item)
     finally:
-        if saved is None:
-            os.environ.pop("OMP_NUM_THREADS", None)
-        else:
-            os.environ["OMP_NUM_THREADS"] = saved
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def finished_runs(root: Path, benchmark: str) -> list[tuple[str, dict]]:
@@ -298,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="accelerate mixed precision for every run (default: fp32 as in the committed rows)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process (default 1)")
     parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads per run with --jobs > 1 (default: CPU count / jobs)")
+                        help="torch threads per run (default: usable cores / jobs)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     parser.add_argument("--table-only", action="store_true", help="rewrite RESULTS.md from the finished runs and exit")
     args = parser.parse_args(argv)
@@ -311,7 +318,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--benchmarks: preset {args.preset} has {', '.join(preset['benchmarks'])}, not {', '.join(unknown)}")
     if args.jobs < 1 or (args.threads is not None and args.threads < 1):
         parser.error("--jobs and --threads must be integers >= 1")
-    threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
+    threads = args.threads or max(1, usable_cores() // args.jobs)
+    if args.jobs == 1:  # the runs go in this process
+        apply_threads(threads)
     methods = args.methods or preset.get("methods") or default_methods()
     if args.dry_run:
         for b in benchmarks:
@@ -335,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
                 queue.append((b, m))
     print(f"[reproduce] {len(queue)} runs to do, {args.jobs} at a time" + (f", {threads} threads each" if args.jobs > 1 else ""))
     start, started_at = time.perf_counter(), time.strftime("%Y-%m-%d %H:%M:%S")
-    record = {"id": uuid.uuid4().hex, "started": started_at, "wall_s": 0.0, "jobs": args.jobs, "threads": threads if args.jobs > 1 else None,
+    record = {"id": uuid.uuid4().hex, "started": started_at, "wall_s": 0.0, "jobs": args.jobs, "threads": threads,
               "runs": [f"{b}/{m}" for b, m in queue], "finished": [],
               "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()}
 

@@ -41,6 +41,8 @@ RUN_OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("lr", dict(type=float, help="learning rate (default: 1e-3 PET methods, 2e-5 full fine-tuning)")),
     ("batch_size", dict(type=int, help="per-process training batch size")),
     ("eval_batch_size", dict(type=int)),
+    ("group_by_length", dict(action=argparse.BooleanOptionalAction, help="training batches of examples of similar "
+                             "length (default on: little padding); --no-group-by-length: plain shuffled batches")),
     ("grad_accum", dict(type=int, help="gradient accumulation steps")),
     ("scheduler", dict(help="constant | constant_with_warmup | linear | cosine")),
     ("warmup_ratio", dict(type=float)),
@@ -72,6 +74,8 @@ RUN_OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("trust_remote_code", dict(action=argparse.BooleanOptionalAction, help="only for models you trust")),
     ("progress", dict(action=argparse.BooleanOptionalAction, help="progress bars (default on); one log line per "
                                                                   "phase is printed either way")),
+    ("threads", dict(type=int, help="torch CPU threads (default: $CONTINUAL_LM_THREADS, $OMP_NUM_THREADS, else the "
+                                    "cores this process may use / processes on this machine)")),
 ]
 LORA_OPTIONS = [("r", int), ("alpha", float), ("dropout", float)]
 
@@ -460,10 +464,14 @@ def show_progress_log() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .threads import apply_threads, set_openmp_defaults
+
+    set_openmp_defaults()  # before torch is imported (build_parser imports the methods)
     parser = build_parser()
     args = parser.parse_args(argv)
     show_progress_log()
     try:
+        apply_threads()  # $CONTINUAL_LM_THREADS or the default; a run applies its own --threads when it starts
         return args.func(args)
     except ContinualLMError as err:
         print(f"continual-lm: error: {err}", file=sys.stderr)

@@ -24,6 +24,9 @@ from .errors import ContinualLMError, unknown_choice
 SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 DTYPES = ("float32", "bfloat16", "float16")
+# Options added later whose default differs from what runs before them did: a run directory whose config.yaml or
+# run.json predates the option gets this value (so that it resumes as it started), a new run the field's default.
+EARLIER_RUNS = {"group_by_length": False}
 
 
 @dataclass
@@ -62,6 +65,7 @@ class RunConfig:
     lr: float | None = None  # None = the method's default (1e-3 for PET methods, 2e-5 for full fine-tuning)
     batch_size: int = 8
     eval_batch_size: int = 16
+    group_by_length: bool = True  # training batches of similar lengths (data/batching.py); False: plain shuffle
     grad_accum: int = 1
     scheduler: str = "constant"
     warmup_ratio: float = 0.0
@@ -87,6 +91,7 @@ class RunConfig:
     keep_checkpoints: str = "all"  # all | last
     trust_remote_code: bool = False
     progress: bool = True
+    threads: int | None = None  # torch CPU threads; None = $CONTINUAL_LM_THREADS, else the policy of threads.py
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     given: frozenset[str] | None = field(default=None, repr=False, compare=False)  # not saved: see the docstring
 
@@ -158,7 +163,7 @@ class RunConfig:
                      "eval_every"):
             positive(name)
         for name in ("max_train_per_task", "max_test_per_task", "max_train_per_class", "max_test_per_class",
-                     "general_limit"):
+                     "general_limit", "threads"):
             positive(name, allow_none=True)
         if not 0 <= self.seed <= MAX_SEED:
             raise ContinualLMError(f"--seed must be an integer in [0, {MAX_SEED}] (2**32 - 1), got {self.seed!r}")

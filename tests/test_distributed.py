@@ -90,7 +90,7 @@ from continual_lm.models.backbone import build_byte_tokenizer
 
 class Echo:  # "generates" its prompt back, so every prediction names its input
     uses_task_id_at_test = False
-    def generate(self, model, batch, max_new_tokens):
+    def generate(self, model, batch, max_new_tokens, **generate_kwargs):
         return batch["input_ids"]
 
 accelerator = Accelerator(cpu=True)

@@ -18,7 +18,7 @@ class Recorder:
         self.uses_task_id_at_test = uses_task_id_at_test
         self.calls = []
 
-    def generate(self, model, batch, max_new_tokens):
+    def generate(self, model, batch, max_new_tokens, **generate_kwargs):
         self.calls.append({"rows": batch["input_ids"].shape[0], "max_new": max_new_tokens,
                            "task_ids": batch.get("task_ids")})
         return batch["input_ids"]

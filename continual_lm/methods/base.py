@@ -16,9 +16,10 @@ Per phase: before_task(i, task)                          grow/freeze structure (
                                                          not under DeepSpeed, which steps inside backward): MIGU
                                                          writes back the rows its mask kept out of the step
            after_task(i, task, train_examples)            compute state (Fisher, memory, stored attention)
-Eval:      generate(model, batch, max_new_tokens)        batch holds input_ids/attention_mask only; the task id
+Eval:      generate(model, batch, max_new_tokens, **kw)  batch holds input_ids/attention_mask only; the task id
                                                          is added (batch["task_ids"]) only when the method
-                                                         declares uses_task_id_at_test.
+                                                         declares uses_task_id_at_test; ``kw`` (evaluation's
+                                                         stopping_criteria) must reach transformers' generate.
 End:       on_run_end(model)                             after the last phase, main process: analyses and
                                                          figures into context.run_dir (*_heatmap.png is shown
                                                          by the report)
@@ -176,11 +177,15 @@ class Method:
         return [{"params": params, "lr": lr}]
 
     # ---- evaluation ------------------------------------------------------------------------------------------
-    def generate(self, model: nn.Module, batch: dict[str, torch.Tensor], max_new_tokens: int) -> torch.Tensor:
+    def generate(self, model: nn.Module, batch: dict[str, torch.Tensor], max_new_tokens: int,
+                 **generate_kwargs) -> torch.Tensor:
+        """Greedy output ids for a prompt batch; ``generate_kwargs`` go on to transformers' ``generate`` (evaluation
+        passes ``stopping_criteria``: eval/generate.py), also from the methods that override this."""
         return model.generate(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
             max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
             synced_gpus=False,  # each process generates for its own share of inputs (eval/generate.py)
+            **generate_kwargs,
         )
 
     @torch.no_grad()
@@ -357,8 +362,8 @@ class Composite(Method):
     def optimizer_groups(self, params, lr):
         return self.base.optimizer_groups(params, lr)
 
-    def generate(self, model, batch, max_new_tokens):
-        return self.base.generate(model, batch, max_new_tokens)
+    def generate(self, model, batch, max_new_tokens, **generate_kwargs):
+        return self.base.generate(model, batch, max_new_tokens, **generate_kwargs)
 
     def on_run_end(self, model):
         for part in self.parts:

@@ -196,12 +196,13 @@ class GainLoRA(SubspaceLoRA, LoRAMethod):
         self.mixer.weights = self.gate_values(batch)
         return batch_forward(model, batch)
 
-    def generate(self, model, batch, max_new_tokens):
+    def generate(self, model, batch, max_new_tokens, **generate_kwargs):
         # Only input_ids/attention_mask are read: the gates, not a task id, weigh the branches.
         self.mixer.weights = self.gate_values({"input_ids": batch["input_ids"],
                                                "attention_mask": batch["attention_mask"]})
         return model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                              max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, synced_gpus=False)
+                              max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, synced_gpus=False,
+                              **generate_kwargs)
 
     # ---- training ----------------------------------------------------------------------------------------------
     def _statistics(self, task_index: int, examples, layers: tuple[str, ...]):

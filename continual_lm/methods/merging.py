@@ -145,9 +145,9 @@ class _MergedEvaluation:
             for p, original in swapped:
                 p.data = original
 
-    def generate(self, model, batch, max_new_tokens):
+    def generate(self, model, batch, max_new_tokens, **generate_kwargs):
         with self.merged_view():
-            return super().generate(model, batch, max_new_tokens)
+            return super().generate(model, batch, max_new_tokens, **generate_kwargs)
 
     def schedule(self, num_tasks, eval_all_tasks):
         independent = self.options.training == "independent"

@@ -93,9 +93,9 @@ class PromptMethod(Method):
     def forward(self, model, batch):
         return prompt_forward(model, batch, self.train_prompt(model, batch))
 
-    def generate(self, model, batch, max_new_tokens):
+    def generate(self, model, batch, max_new_tokens, **generate_kwargs):
         prompt = self.test_prompt(model, batch)
         if prompt is None:  # e.g. before the first task (zero-shot evaluation of unseen tasks)
-            return super().generate(model, batch, max_new_tokens)
+            return super().generate(model, batch, max_new_tokens, **generate_kwargs)
         return prompt_generate(model, batch["input_ids"], batch["attention_mask"], prompt,
-                               max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
+                               max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, **generate_kwargs)

@@ -446,9 +446,9 @@ class SAPTLoRA(SAPT, LoRAMethod):
         self.mixer.weights = self.batch_weights(batch)
         return batch_forward(model, batch)
 
-    def generate(self, model, batch, max_new_tokens):
+    def generate(self, model, batch, max_new_tokens, **generate_kwargs):
         self.mixer.weights = self.batch_weights(batch)
-        return super().generate(model, batch, max_new_tokens)
+        return super().generate(model, batch, max_new_tokens, **generate_kwargs)
 
     def add_generator(self):
         """A LoRA of its own rank/alpha/dropout on every target projection (paper Appendix C: rank 8), as forward

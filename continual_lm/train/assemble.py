@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import RunConfig
+from ..config import EARLIER_RUNS, RunConfig, read_yaml_mapping
 from ..errors import ContinualLMError
 from ..io_utils import atomic_write_yaml
 from ..methods.base import Method
@@ -39,7 +39,8 @@ def recorded_config(path: Path) -> tuple[RunConfig, dict[str, Any] | None]:
     if not run_dir.config_path.exists():
         raise ContinualLMError(f"{path}: no config.yaml there; it is not a continual_lm run directory (or it was "
                                f"killed before it started: run it again without --resume)")
-    config = RunConfig.from_yaml(run_dir.config_path)
+    config = RunConfig.from_dict({**EARLIER_RUNS, **read_yaml_mapping(run_dir.config_path)},
+                                 source=str(run_dir.config_path))
     record = run_dir.read_record()
     if record is not None:
         changes = differences(recorded_identity(record, run_dir.record_path), identity(resolve_config(config)))
@@ -204,6 +205,10 @@ def prepare_run(config: RunConfig | None = None, *, output_dir: str | Path | Non
             raise ContinualLMError(f"{run_dir.results_path} is corrupted ({err}); replace the run "
                                    f"({how_to_replace})") from None
         return PreparedRun(path, config, "reuse", results=results)
+    if config.threads is not None:  # else the process' setting stands (the CLI applies threads.py's policy)
+        from ..threads import apply_threads
+
+        apply_threads(config.threads)
     runner = build_runner(config, path, backbone=backbone, stream=stream, callbacks=callbacks)
     fingerprint, processes = runner.data_fingerprint, runner.accelerator.num_processes
     definition = stream_definition(runner.stream, runner.collator.max_new_tokens)

@@ -19,6 +19,7 @@ import torch
 
 from ..callbacks.base import Callback, CallbackList
 from ..config import RunConfig
+from ..data.batching import train_loader
 from ..data.collate import Collator
 from ..data.stream import Stream
 from ..data.tasks import CORPUS
@@ -102,7 +103,6 @@ class ContinualRunner:
 
     # ---- training ---------------------------------------------------------------------------------------------
     def train_phase(self, phase: Phase) -> float:
-        from torch.utils.data import DataLoader
         from transformers import get_scheduler
 
         config, accelerator, model, method = self.config, self.accelerator, self.model, self.method
@@ -116,8 +116,8 @@ class ContinualRunner:
             raise ContinualLMError(f"method {method.name}: nothing to train in phase {phase.row}")
         generator = torch.Generator().manual_seed(self.phase_seed(config.seed, phase.row))
         self.collator.mlm_generator.manual_seed(self.phase_seed(config.seed, phase.row))  # masked LM positions
-        loader = DataLoader(features, batch_size=config.batch_size, shuffle=True, generator=generator,
-                            collate_fn=self.collator.train_batch)
+        loader = train_loader(features, config.batch_size, generator, self.collator.train_batch, config.group_by_length,
+                              accelerator.num_processes * config.grad_accum)
         model.train()  # before start_training: a partitioned copy takes the model's mode
         training = start_training(
             accelerator, model, loader,

@@ -6,12 +6,12 @@
      "stream_sha256": sha256 of stream.json (the stream's task definitions, data/stream.py)}
 
 The identity of a configuration is every resolved option that decides what the run computes. Left out are how it
-runs (``RUNTIME``: progress bars, trackers, checkpoint pruning, the output directory, trust in remote code), the
-per-process batch (``PER_PROCESS``; the global batch is recorded instead, so that a run resumes on another number of
-processes) and where its inputs lie (``LOCATIONS``: data, stream file, lm-eval tasks, the single-task reference run),
-whose content the data hashes cover instead, so that a run directory or its data can be moved. A task's hash covers what the run
-reads of it (name, kind, metric, instruction, template, labels, every train and test example after subsampling),
-whatever reader produced it.
+runs (``RUNTIME``: progress bars, trackers, checkpoint pruning, the output directory, trust in remote code, CPU
+threads), the per-process batch (``PER_PROCESS``; the global batch is recorded instead, so that a run resumes on
+another number of processes) and where its inputs lie (``LOCATIONS``: data, stream file, lm-eval tasks, the
+single-task reference run), whose content the data hashes cover instead, so that a run directory or its data can be
+moved. A task's hash covers what the run reads of it (name, kind, metric, instruction, template, labels, every
+train and test example after subsampling), whatever reader produced it.
 """
 from __future__ import annotations
 
@@ -22,13 +22,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..config import RunConfig
+from ..config import EARLIER_RUNS, RunConfig
 from ..errors import ContinualLMError
 from ..io_utils import sha256_file
 
 RECORD_FORMAT = 1
 RUNTIME = ("output_dir", "progress", "report_to", "tracker_project", "tracker_run_name", "keep_checkpoints",
-           "trust_remote_code")
+           "trust_remote_code", "threads")
 LOCATIONS = ("data_dir", "stream_file", "general_task_dir", "single_task_from")
 # Per process: the global batch (batch_size x grad_accum x processes) is what the run computes with; it is recorded
 # and checked instead, so that a run can be resumed on another number of processes.
@@ -133,9 +133,10 @@ def new_record(config: RunConfig, fingerprint: dict[str, Any], processes: int,
 
 
 def recorded_identity(record: dict[str, Any], where: Path) -> dict[str, Any]:
-    """The identity run.json holds, with the defaults of options added since it was written."""
+    """The identity run.json holds, with the defaults of options added since it was written (``EARLIER_RUNS``:
+    the behaviour of runs before an option whose default changed it)."""
     try:
-        return identity(RunConfig.from_dict(record["config"], source=str(where)))
+        return identity(RunConfig.from_dict({**EARLIER_RUNS, **record["config"]}, source=str(where)))
     except TypeError as err:
         raise ContinualLMError(f"{where}: its 'config' is malformed ({err})") from None
 
