@@ -44,7 +44,8 @@ RUNS = {  # id -> (method, model, options of the method)
     "amlora": ("amlora", "tiny-random-llama", {"attention_samples": 2}),
     "seqlora+ewc": ("seqlora+ewc", "tiny-random-llama", {}),
 }
-RUN_FILES = ("results.json", "run.json", "state.json", "preset.json")  # timings, paths, versions
+# timings, paths, versions; the stream's task definitions (written since the recording, not computed by a method)
+RUN_FILES = ("results.json", "run.json", "state.json", "preset.json", "stream.json")
 RECORDED_ON = {"torch": "2.13.0+cpu", "cpu": "AVX2"}
 EXPECTED: dict[str, dict[str, str]] = {
     "l2p": {
@@ -243,7 +244,9 @@ def fingerprint(run_dir, results, calls) -> dict[str, str]:
     store = RunDir(run_dir)
     rows = sorted(int(p.name.split("_")[1]) for p in (run_dir / "checkpoints").glob("phase_*"))
     weights, state, meta = zip(*(store.load_checkpoint(row) for row in rows))
-    predictions = {p.name: json.loads(p.read_text()) for p in sorted((run_dir / "predictions").glob("*.json"))}
+    predictions = {p.name: {task: [e["prediction"] for e in examples]  # the files hold inputs and scores too now
+                            for task, examples in json.loads(p.read_text()).items()}
+                   for p in sorted((run_dir / "predictions").glob("*.json"))}
     insight = {p.name: json.loads(p.read_text()) for p in sorted(run_dir.glob("*.json")) if p.name not in RUN_FILES}
     return {"weights": sha256_of_tensors({f"{r}.{n}": t for r, w in zip(rows, weights) for n, t in w.items()}),
             "state": sha256_of_tensors({f"{r}.{n}": t for r, s in zip(rows, state) for n, t in s.items()}),
@@ -259,7 +262,8 @@ def golden_run(tmp_path, monkeypatch, key: str) -> dict[str, str]:
     calls = record_generate_calls(monkeypatch)
     config = tiny_config(tmp_path, method=method, model=model, tasks=TASKS, max_train_per_task=4,
                          max_test_per_task=2, batch_size=2, eval_batch_size=2, max_input_length=32,
-                         max_target_length=4, method_options={method.split("+")[-1]: options} if options else {})
+                         max_target_length=4, method_options={method.split("+")[-1]: options} if options else {},
+                         group_by_length=False)  # the batches of the recording (before length grouping)
     return fingerprint(tmp_path / "run", run(config), calls)
 
 

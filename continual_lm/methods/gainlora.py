@@ -131,6 +131,7 @@ class GainLoRA(SubspaceLoRA, LoRAMethod):
     uses_task_id_at_test = False
     uses_replay = False
     uses_pseudo_samples = False
+    pet_kind = "lora"
     supports_corpus_tasks = False  # instruction-level gates; the end-task fine-tuning would run without them
 
     # ---- structure ---------------------------------------------------------------------------------------------

@@ -244,6 +244,7 @@ class InfLoRA(SubspaceLoRA, LoRAMethod):
     uses_task_id_at_test = False
     uses_replay = False
     uses_pseudo_samples = False
+    pet_kind = "lora"
     supports_corpus_tasks = False  # designed for instruction tasks; its input statistics are untested on corpora
 
     def setup(self, model, backbone):

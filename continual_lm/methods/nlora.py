@@ -66,6 +66,7 @@ class NLoRA(LoRAMethod):
     uses_task_id_at_test = False
     uses_replay = False
     uses_pseudo_samples = False
+    pet_kind = "lora"
 
     def setup(self, model, backbone):
         super().setup(model, backbone)
