@@ -476,12 +476,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="run a few methods on the embedded demo stream and print the comparison")
-    demo.add_argument("--output-dir", default="continual_lm_demo")
-    demo.add_argument("--model", default="smollm2-135m")
-    demo.add_argument("--methods", nargs="+", default=None)
-    demo.add_argument("--seed", type=int, default=42)
-    demo.add_argument("--fresh", action="store_true", help="discard earlier demo runs instead of reusing them")
-    demo.add_argument("--no-progress", action="store_true")
+    demo.add_argument("--output-dir", metavar="DIR", default="continual_lm_demo",
+                      help="parent of the demo's runs (default: continual_lm_demo)")
+    demo.add_argument("--model", default="smollm2-135m", help="(default: smollm2-135m)")
+    demo.add_argument("--methods", nargs="+", metavar="METHOD", default=None, help="(default: seqlora inclora)")
+    demo.add_argument("--seed", type=int, default=42, help="(default: 42)")
+    demo.add_argument("--fresh", action="store_true", help="discard earlier demo runs instead of reusing them "
+                      "(default: off)")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars (default: off)")
     demo.set_defaults(func=cmd_demo)
 
     run_parser = sub.add_parser("run", help="train a method on a task stream and evaluate it",
