@@ -177,3 +177,17 @@ def test_every_computed_method_default_says_what_it_is():
     assert not vague, vague
     text = " ".join(_run_parser().format_help().split())
     assert "sapt-lora: query_lr (default: computed: the run's lr)" in text
+
+
+def test_the_readme_yaml_example_is_a_valid_configuration():
+    from pathlib import Path
+
+    from continual_lm.io_utils import load_yaml
+    from continual_lm.methods.base import build_method
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = next(b for b in readme.split("```yaml\n")[1:] if b.startswith("# run.yaml")).split("```")[0]
+    config = RunConfig.from_dict(load_yaml(block), source="README.md")
+    assert config.max_train_per_task == 1000 and config.lr == 1e-4
+    assert config.method_options == {"amlora": {"l1": 1e-5}, "migu": {"threshold": 0.7}}
+    build_method(config)  # the method options are valid for that method
