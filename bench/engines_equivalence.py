@@ -27,7 +27,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 from continual_lm.io_utils import atomic_write_json, atomic_write_text  # noqa: E402
 
-CONFIGS = ROOT / "examples" / "accelerate"
+CONFIGS = ROOT / "continual_lm" / "accelerate_configs"
 METHODS = ["olora", "sapt-lora", "sapt-prompt", "lfpt5", "epi", "progprompt", "moelora", "seqlora+ewc",
            "seqlora+replay", "mtl", "single", "seqft"]
 SETTINGS = ["--benchmark", "demo", "--model", "tiny-random-llama", "--seed", "3", "--tasks", "sentiment",

@@ -7,7 +7,7 @@
 # 2. methods:    bf16 training + evaluation of smollm2-135m on the `small` preset (standard order 1) for seqlora,
 #                inclora, amlora, sapt-lora, seqlora+migu (bench/reproduce.py, runs under OUT_DIR/runs).
 # 3. engines:    `accelerate launch` on one GPU with the shipped DeepSpeed ZeRO-2/3 and FSDP2 configs
-#                (examples/accelerate/), a demo stream of seqlora each.
+#                (continual_lm/accelerate_configs/), a demo stream of seqlora each.
 # 4. throughput: training and generation tokens/s of seqlora vs a plain peft + transformers loop, per attention
 #                kernel (eager, sdpa, flash_attention_2 where installed): bench/gpu_check.py.
 # Step limits (120 + 5 x 120 + 3 x 80 + 120 s) cap it at 18 minutes; an H100 ran a small-preset seqlora run in
@@ -61,7 +61,7 @@ else
     done
     for engine in deepspeed_zero2 deepspeed_zero3 fsdp; do
         step "engine-$engine" 80 "$PY" -m accelerate.commands.launch \
-            --config_file "examples/accelerate/$engine.yaml" --num_processes 1 \
+            --config_file "continual_lm/accelerate_configs/$engine.yaml" --num_processes 1 \
             -m continual_lm run --benchmark demo --method seqlora --model smollm2-135m --no-progress \
             --output-dir "$OUT_DIR/engines/$engine"
     done

@@ -1,4 +1,5 @@
-"""The `continual-lm` command: demo | run | report | list | predict | export | merge | analyze | plan."""
+"""The `continual-lm` command: demo | run | report | list | predict | export | merge | analyze | plan |
+accelerate-config."""
 from __future__ import annotations
 
 import argparse
@@ -16,14 +17,14 @@ from .errors import ContinualLMError
 RUN_OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("benchmark", dict(help="standard | long | superni | trace | demo | custom (see `continual-lm list`)")),
     ("order", dict(nargs="+", help="task order of the benchmark, e.g. 1 (standard), 4 (long), sapt4 (alias); "
-                                   "default: the first; several orders run a sweep")),
+                                   "several orders run a sweep")),
     ("tasks", dict(nargs="+", help="explicit task sequence (names of the benchmark's tasks), overriding --order")),
     ("stream_file", dict(help="YAML describing a custom stream (with --benchmark custom)")),
-    ("data_dir", dict(help="folder holding CL_Benchmark/, SuperNI/ and/or TRACE/ (default: env CONTINUAL_LM_DATA)")),
+    ("data_dir", dict(help="folder holding CL_Benchmark/, SuperNI/ and/or TRACE/")),
     ("method", dict(help="method, optionally with plugins: seqlora, inclora, inclora+migu, ... (`continual-lm list`)")),
-    ("model", dict(help="smollm2-135m (default), tiny-random-llama, tiny-random-t5, tiny-random-bert, a local HF "
+    ("model", dict(help="smollm2-135m, tiny-random-llama, tiny-random-t5, tiny-random-bert, a local HF "
                         "folder, a .gguf file, or a hub id")),
-    ("seed", dict(type=int)),
+    ("seed", dict(type=int, help="seed of subsampling, initialisation and training")),
     ("max_train_per_task", dict(type=int, help="seeded subsample of each task's training set")),
     ("max_test_per_task", dict(type=int, help="seeded subsample of each task's test set")),
     ("max_train_per_class", dict(type=int)),
@@ -34,11 +35,11 @@ RUN_OPTIONS: list[tuple[str, dict[str, Any]]] = [
                               "for methods that use no task id at test time, unless --allow-task-name-leak)")),
     ("allow_task_name_leak", dict(action=argparse.BooleanOptionalAction,
                                   help="allow --prompt-task-name for such a method (a leak experiment; recorded)")),
-    ("mlm_probability", dict(type=float, help="masked LM share of corpus tokens (encoder-only models; default 0.15)")),
+    ("mlm_probability", dict(type=float, help="masked LM share of corpus tokens (encoder-only models)")),
     ("preset", dict(help="paper: the papers' hyper-parameters for this method, benchmark and model family "
                          "(`continual-lm list`); the options you give win")),
     ("epochs", dict(type=int)),
-    ("lr", dict(type=float, help="learning rate (default: 1e-3 PET methods, 2e-5 full fine-tuning)")),
+    ("lr", dict(type=float, help="learning rate")),
     ("batch_size", dict(type=int, help="per-process training batch size")),
     ("eval_batch_size", dict(type=int)),
     ("group_by_length", dict(action=argparse.BooleanOptionalAction, help="training batches of examples of similar "
@@ -57,31 +58,80 @@ RUN_OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("single_task_from", dict(help="run dir of a `single` run whose scores are the FWT reference")),
     ("unseen_tasks", dict(nargs="+", help="tasks never trained on, evaluated zero-shot after the stream and on the "
                                           "base model: NAME (same benchmark) or BENCHMARK:NAME")),
-    ("report_to", dict(help="none (default) | tensorboard | wandb: configuration, loss, lr, per-task scores, CL "
-                            "metrics (pip install 'continual-lm[wandb]' for wandb)")),
-    ("tracker_project", dict(help="the trackers' project (default continual_lm)")),
-    ("tracker_run_name", dict(help="the run's name in the trackers (default: the run directory's name)")),
+    ("report_to", dict(help="none | tensorboard | wandb: configuration, loss, lr, per-task scores, CL metrics "
+                            "(pip install 'continual-lm[wandb]' for wandb)")),
+    ("tracker_project", dict(help="the trackers' project")),
+    ("tracker_run_name", dict(help="the run's name in the trackers")),
     ("general_tasks", dict(nargs="+", help="lm-eval tasks (hellaswag, winogrande, arc_challenge, or local ones from "
                                            "--general-task-dir) scored on the base model and the final model; "
                                            "needs pip install 'continual-lm[general]'")),
     ("general_task_dir", dict(help="folder of lm-eval task YAMLs for --general-tasks")),
-    ("general_limit", dict(type=int, help="examples per --general-tasks task (default: all)")),
+    ("general_limit", dict(type=int, help="examples per --general-tasks task")),
     ("dtype", dict(help="float32 | bfloat16 | float16 weights")),
     ("mixed_precision", dict(help="no | bf16 | fp16 (through accelerate)")),
     ("gradient_checkpointing", dict(action=argparse.BooleanOptionalAction)),
-    ("keep_checkpoints", dict(help="all (default): every phase's checkpoint (each refers to the tensors earlier ones "
+    ("keep_checkpoints", dict(help="all: every phase's checkpoint (each refers to the tensors earlier ones "
                                    "stored) | last: only the latest, pruned once the next phase is evaluated")),
     ("trust_remote_code", dict(action=argparse.BooleanOptionalAction, help="only for models you trust")),
-    ("progress", dict(action=argparse.BooleanOptionalAction, help="progress bars (default on); one log line per "
-                                                                  "phase is printed either way")),
-    ("threads", dict(type=int, help="torch CPU threads (default: $CONTINUAL_LM_THREADS, $OMP_NUM_THREADS, else the "
-                                    "cores this process may use / processes on this machine)")),
+    ("progress", dict(action=argparse.BooleanOptionalAction, help="progress bars; one log line per phase is printed "
+                                                                  "either way")),
+    ("threads", dict(type=int, help="torch CPU threads")),
 ]
-LORA_OPTIONS = [("r", int), ("alpha", float), ("dropout", float)]
+LORA_OPTIONS = [("r", int, "LoRA rank"), ("alpha", float, "LoRA scaling: the update is alpha / r * B A x"),
+                ("dropout", float, "dropout on the LoRA input")]
+# What an option whose default is None uses instead, for --help.
+NONE_MEANS = {
+    "order": "the benchmark's first order", "tasks": "the order's tasks", "stream_file": "none",
+    "data_dir": "env CONTINUAL_LM_DATA", "max_train_per_task": "all", "max_test_per_task": "all",
+    "max_train_per_class": "all", "max_test_per_class": "all", "preset": "none: our defaults",
+    "lr": "computed: 1e-3 for PET methods, 2e-5 for full fine-tuning", "single_task_from": "none: FWT is null",
+    "unseen_tasks": "none", "general_tasks": "none", "general_task_dir": "none", "general_limit": "all",
+    "lora.targets": "computed: the model type's query and value projections",
+    "tracker_project": "continual_lm", "tracker_run_name": "the run directory's name",
+    "threads": "$CONTINUAL_LM_THREADS, $OMP_NUM_THREADS, else the cores this process may use / processes on this "
+               "machine",
+}
 
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+def _flags(name: str) -> list[str]:
+    """The flag of option ``name`` ("lr", "lora.targets") and those of its aliases (config.ALIASES)."""
+    from .config import ALIASES
+
+    flags = [_flag(name.replace(".", "_"))]
+    for alias, ours in ALIASES.items():
+        if ours == name and "." not in alias and _flag(alias) not in flags:
+            flags.append(_flag(alias))
+    return flags
+
+
+def _default_text(value: Any, none_means: str | None = None) -> str:
+    if value is None:
+        return none_means or "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, list):
+        return " ".join(map(str, value))
+    return str(value)
+
+
+def _with_default(text: str | None, value: Any, none_means: str | None = None) -> str:
+    return f"{text + ' ' if text else ''}(default: {_default_text(value, none_means)})"
+
+
+class _OneName(argparse.Action):
+    """Stores an option that has several names (--lr, --learning-rate): giving it under two of them is an error
+    naming both, instead of argparse's silent "the last one wins"."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        named = vars(namespace).setdefault("_named", {})
+        earlier = named.setdefault(self.dest, option_string)
+        if earlier != option_string:
+            parser.error(f"{earlier} and {option_string} are two names of one option: give it once")
+        setattr(namespace, self.dest, values)
 
 
 def _method_option_specs():
@@ -98,29 +148,56 @@ def _method_option_specs():
                 kwargs = dict(action=argparse.BooleanOptionalAction)
             elif typing.get_origin(kind) is list or any(typing.get_origin(a) is list for a in args):
                 inner = next((typing.get_args(a)[0] for a in (kind, *args) if typing.get_origin(a) is list), str)
-                kwargs = dict(nargs="+", type=inner)
+                kwargs = dict(nargs="+", type=inner, metavar=f.name.upper())
             else:
                 base = next((a for a in args if a is not type(None)), kind) if args else kind
-                kwargs = dict(type=base if base in (int, float, str) else str)
-            default = f.default if f.default is not dataclasses.MISSING else "(computed)"
-            kwargs["help"] = f"{method_name}: {f.name} (default {default})"
+                kwargs = dict(type=base if base in (int, float, str) else str, metavar=f.name.upper())
+            kwargs["help"] = _with_default(f"{method_name}: {f.name}", option_default(f))
             yield method_name, f.name, kwargs
 
 
+def option_default(f: dataclasses.Field) -> Any:
+    """A method option's default for --help; for None, what it means (the field's ``metadata["none_means"]``)."""
+    if f.default is dataclasses.MISSING:
+        return f.default_factory() if f.default_factory is not dataclasses.MISSING else "required"
+    if f.default is None:
+        return "computed: " + f.metadata["none_means"] if "none_means" in f.metadata else None
+    return f.default
+
+
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML run configuration; command-line options override it")
-    parser.add_argument("--output-dir", help="run directory (default: runs/<benchmark>-<order>-<method>-<model>-s<seed>)")
+    from .config import LoRAConfig, RunConfig
+
+    defaults, lora_defaults = RunConfig(), LoRAConfig()
+    parser.add_argument("--config", metavar="YAML", help="YAML run configuration; command-line options override it "
+                        "(default: none)")
+    parser.add_argument("--output-dir", metavar="DIR", help="run directory (default: "
+                        "runs/<benchmark>-<order>-<method>-<model>-s<seed>)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
-    parser.add_argument("--seeds", nargs="+", type=int, help="run every seed (x every --order) into its own "
-                        "directory under --output-dir; `continual-lm report DIR` then shows mean ± std")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory "
+                        "(default: off)")
+    parser.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="run every seed (x every --order) into "
+                        "its own directory under --output-dir; `continual-lm report DIR` then shows mean ± std "
+                        "(default: --seed only)")
     for name, kwargs in RUN_OPTIONS:
-        parser.add_argument(_flag(name), dest=name, default=None, **kwargs)
-    for name, kind in LORA_OPTIONS:
-        parser.add_argument(f"--lora-{name}", dest=f"lora_{name}", type=kind, default=None)
-    parser.add_argument("--lora-targets", dest="lora_targets", nargs="+", default=None,
-                        help="module-name suffixes (or re:REGEX) to adapt (default: the model's query and value)")
-    group = parser.add_argument_group("method options")
+        kwargs = dict(kwargs)
+        flags = _flags(name)
+        if len(flags) > 1:
+            kwargs["action"] = _OneName
+        if kwargs.get("action") is not argparse.BooleanOptionalAction:
+            kwargs.setdefault("metavar", name.upper())
+        kwargs["help"] = _with_default(kwargs.get("help"), getattr(defaults, name), NONE_MEANS.get(name))
+        parser.add_argument(*flags, dest=name, default=None, **kwargs)
+    for name, kind, text in LORA_OPTIONS:
+        flags = _flags(f"lora.{name}")
+        parser.add_argument(*flags, dest=f"lora_{name}", type=kind, default=None, metavar=name.upper(),
+                            action=_OneName if len(flags) > 1 else "store",
+                            help=_with_default(text, getattr(lora_defaults, name)))
+    parser.add_argument(*_flags("lora.targets"), dest="lora_targets", nargs="+", default=None, metavar="MODULE",
+                        action=_OneName, help=_with_default(
+                            "module-name suffixes (q_proj,v_proj), re:REGEX, or all-linear (peft's word: every linear "
+                            "layer but the output head) to adapt", None, NONE_MEANS["lora.targets"]))
+    group = parser.add_argument_group("method options (YAML: method_options: {METHOD: {OPTION: value}})")
     for method_name, field_name, kwargs in _method_option_specs():
         group.add_argument(f"--{method_name}-{field_name.replace('_', '-')}", dest=f"m__{method_name}__{field_name}",
                            default=None, **kwargs)
@@ -128,12 +205,13 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The options this command line gives (its --config file, then its flags), nested like RunConfig.to_dict()."""
-    from .config import RunConfig, read_yaml_mapping
+    from .config import RunConfig, canonical_options, read_yaml_mapping
 
     data: dict[str, Any] = {}
     if args.config:
         RunConfig.from_yaml(args.config)  # its errors name the file
-        data = read_yaml_mapping(args.config)  # only the keys it gives: a preset fills the others
+        data = canonical_options(read_yaml_mapping(args.config), args.config)  # only the keys it gives: a preset
+        #                                                                        fills the others
     for name, _ in RUN_OPTIONS:
         value = getattr(args, name)
         if name == "order" and value is not None:
@@ -141,7 +219,7 @@ def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
         if value is not None:
             data[name] = value
     lora = dict(data.get("lora") or {})
-    for name, _ in LORA_OPTIONS:
+    for name, _, _ in LORA_OPTIONS:
         if getattr(args, f"lora_{name}") is not None:
             lora[name] = getattr(args, f"lora_{name}")
     if args.lora_targets:
@@ -360,6 +438,22 @@ def cmd_merge(args) -> int:
     return 0
 
 
+def cmd_accelerate_config(args) -> int:
+    from .accelerate_configs import config_names, config_path, config_summary, write_config
+
+    if not args.name:
+        print("accelerate launch configurations (continual-lm accelerate-config NAME writes NAME.yaml here):")
+        for name in config_names():
+            print(f"  {name:16s} {config_summary(name)}")
+        return 0
+    if args.path:
+        print(config_path(args.name))
+        return 0
+    dest = write_config(args.name, args.output)
+    print(f"{dest}\nlaunch with: accelerate launch --config_file {dest} -m continual_lm run ...")
+    return 0
+
+
 def cmd_analyze(args) -> int:
     from .analysis import run_analysis
 
@@ -376,15 +470,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="run a few methods on the embedded demo stream and print the comparison")
-    demo.add_argument("--output-dir", default="continual_lm_demo")
-    demo.add_argument("--model", default="smollm2-135m")
-    demo.add_argument("--methods", nargs="+", default=None)
-    demo.add_argument("--seed", type=int, default=42)
-    demo.add_argument("--fresh", action="store_true", help="discard earlier demo runs instead of reusing them")
-    demo.add_argument("--no-progress", action="store_true")
+    demo.add_argument("--output-dir", metavar="DIR", default="continual_lm_demo",
+                      help="parent of the demo's runs (default: continual_lm_demo)")
+    demo.add_argument("--model", default="smollm2-135m", help="(default: smollm2-135m)")
+    demo.add_argument("--methods", nargs="+", metavar="METHOD", default=None, help="(default: seqlora inclora)")
+    demo.add_argument("--seed", type=int, default=42, help="(default: 42)")
+    demo.add_argument("--fresh", action="store_true", help="discard earlier demo runs instead of reusing them "
+                      "(default: off)")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars (default: off)")
     demo.set_defaults(func=cmd_demo)
 
-    run_parser = sub.add_parser("run", help="train a method on a task stream and evaluate it")
+    run_parser = sub.add_parser("run", help="train a method on a task stream and evaluate it",
+                                usage="%(prog)s [--config YAML] [--resume RUN_DIR] [OPTION ...] (see below)")
     add_run_arguments(run_parser)
     run_parser.set_defaults(func=cmd_run)
 
@@ -426,6 +523,16 @@ def build_parser() -> argparse.ArgumentParser:
                              help="run the model's own code (only for models you trust; never taken from the run)")
         command.add_argument("--allow-unfinished", action="store_true",
                              help="use a run that has not finished: its model after the last trained phase")
+
+    launch = sub.add_parser("accelerate-config", help="list or write the shipped accelerate launch configurations "
+                            "(DDP, DeepSpeed ZeRO-2/3, FSDP2)")
+    launch.add_argument("name", nargs="?", help="ddp_cpu | deepspeed_zero2 | deepspeed_zero3 | fsdp "
+                        "(default: list them)")
+    launch.add_argument("--output", metavar="PATH", help="file or folder to write (default: ./NAME.yaml; an existing "
+                        "file is never replaced)")
+    launch.add_argument("--path", action="store_true", help="print the installed file's path, write nothing "
+                        "(default: off)")
+    launch.set_defaults(func=cmd_accelerate_config)
 
     analyze = sub.add_parser("analyze", help="analyses of a finished run (e.g. migu-overlap); NAME --help for options")
     analyze.add_argument("analysis", help="name of the analysis")

@@ -20,8 +20,29 @@ from typing import Any
 import yaml
 
 from .errors import ContinualLMError, unknown_choice
+from .io_utils import load_yaml
 
 SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
+# The names people type from transformers' TrainingArguments and peft's LoraConfig, accepted for ours in a YAML
+# configuration, a Python mapping and on the command line (--learning-rate, ...). Dotted keys: "lora.r" is r inside
+# the `lora:` mapping. One value given under two of its names is an error naming both.
+ALIASES: dict[str, str] = {
+    "learning_rate": "lr",
+    "num_train_epochs": "epochs",
+    "per_device_train_batch_size": "batch_size",
+    "per_device_eval_batch_size": "eval_batch_size",
+    "gradient_accumulation_steps": "grad_accum",
+    "lr_scheduler_type": "scheduler",
+    "model_name_or_path": "model",
+    "lora_r": "lora.r",
+    "lora_alpha": "lora.alpha",
+    "lora_dropout": "lora.dropout",
+    "lora_targets": "lora.targets",
+    "target_modules": "lora.targets",
+    "lora.lora_alpha": "lora.alpha",
+    "lora.lora_dropout": "lora.dropout",
+    "lora.target_modules": "lora.targets",
+}
 MIXED_PRECISION = ("no", "bf16", "fp16")
 DTYPES = ("float32", "bfloat16", "float16")
 # Options added later whose default differs from what runs before them did: a run directory whose config.yaml or
@@ -34,7 +55,8 @@ class LoRAConfig:
     r: int = 8
     alpha: float = 32.0
     dropout: float = 0.1
-    targets: list[str] | None = None  # module-name suffixes; None = the model type's query and value projections
+    targets: list[str] | None = None  # module-name suffixes, re:REGEX or all-linear; None = the model type's query and
+    #                                  value projections. A string is read as a comma-separated list.
 
 
 @dataclass
@@ -115,19 +137,12 @@ class RunConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "configuration") -> "RunConfig":
         """A validated configuration from a mapping of options; errors name ``source`` (a file or "command line")."""
-        if not isinstance(data, dict):
-            raise ContinualLMError(f"{source}: expected a mapping of options, got {type(data).__name__}")
-        data = dict(data)
+        data = canonical_options(data, source)
         names = {f.name for f in dataclasses.fields(cls)} - {"given"}
         for key in data:
             if key not in names:
-                raise ContinualLMError(f"{source}: {unknown_choice('option', key, names)}")
+                raise ContinualLMError(f"{source}: {unknown_choice('option', key, names | _top_level_aliases())}")
         lora = data.pop("lora", None) or {}
-        if isinstance(lora, LoRAConfig):
-            lora = dataclasses.asdict(lora)
-        if not isinstance(lora, dict):
-            raise ContinualLMError(f"{source}: lora must be a mapping with keys r, alpha, dropout, targets, "
-                                   f"got {lora!r}")
         lora_names = {f.name for f in dataclasses.fields(LoRAConfig)}
         for key in lora:
             if key not in lora_names:
@@ -149,6 +164,8 @@ class RunConfig:
         """Types first (a YAML file can hold anything), then ranges: every number finite."""
         if isinstance(self.order, int) and not isinstance(self.order, bool):
             self.order = str(self.order)  # YAML reads `order: 1` as an integer
+        if isinstance(self.lora.targets, str):  # peft's target_modules may be one string: "all-linear", "q_proj,v_proj"
+            self.lora.targets = [t.strip() for t in self.lora.targets.split(",") if t.strip()]
         _check_types(self, "")
         _check_types(self.lora, "lora_")
 
@@ -197,7 +214,7 @@ def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     """The mapping of a YAML configuration file (empty file: {}), with clear errors."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text())  # reads 1e-3 as a number, not as YAML 1.1's string
     except FileNotFoundError:
         raise ContinualLMError(f"config file {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as err:
@@ -207,6 +224,39 @@ def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     if data is not None and not isinstance(data, dict):
         raise ContinualLMError(f"config file {path}: expected a mapping of options, got {type(data).__name__}")
     return data or {}
+
+
+def canonical_options(data: dict[str, Any], source: str = "configuration") -> dict[str, Any]:
+    """``data`` with every alias (ALIASES: learning_rate, target_modules, lora.lora_alpha, ...) replaced by our name;
+    a value given under two names is an error naming both. ``lora`` may be a mapping or a LoRAConfig."""
+    if not isinstance(data, dict):
+        raise ContinualLMError(f"{source}: expected a mapping of options, got {type(data).__name__}")
+    lora = data.get("lora")
+    if isinstance(lora, LoRAConfig):
+        lora = dataclasses.asdict(lora)
+    if lora is not None and not isinstance(lora, dict):
+        raise ContinualLMError(f"{source}: lora must be a mapping with keys r, alpha, dropout, targets, got {lora!r}")
+    flat = {k: v for k, v in data.items() if k != "lora"}
+    flat.update({f"lora.{k}": v for k, v in (lora or {}).items()})
+    named: dict[str, str] = {}  # our dotted name -> the name it was given under
+    result: dict[str, Any] = {}
+    for key, value in flat.items():
+        ours = ALIASES.get(key, key)
+        if ours in named:
+            raise ContinualLMError(f"{source}: {named[ours]} and {key} are two names of one option ({ours}); "
+                                   f"give it once")
+        named[ours] = key
+        if ours.startswith("lora."):
+            result.setdefault("lora", {})[ours[len("lora."):]] = value
+        else:
+            result[ours] = value
+    if lora is not None:
+        result.setdefault("lora", {})
+    return result
+
+
+def _top_level_aliases() -> set[str]:
+    return {alias for alias in ALIASES if "." not in alias}
 
 
 def _given_keys(data: dict[str, Any], lora: dict[str, Any]) -> frozenset[str]:
@@ -224,7 +274,8 @@ MAX_SEED = 2**32 - 1  # numpy's limit; torch and random accept it too
 
 def _check_types(obj: Any, prefix: str) -> None:
     """Each field of a config dataclass against its annotation (int, float, str, bool, list[str], dict, X | None);
-    floats must be finite. The error names the option as its flag."""
+    floats must be finite. Numbers written as text are read as numbers ("1e-3" for a float, 1e3 or "1000" for an
+    integer). The error names the option as its flag."""
     hints = typing.get_type_hints(type(obj))
     for f in dataclasses.fields(obj):
         kind = hints[f.name]
@@ -237,9 +288,27 @@ def _check_types(obj: Any, prefix: str) -> None:
             if value is None:
                 continue
             kind = next(a for a in args if a is not type(None))
+        value = _as_number(value, kind)
+        setattr(obj, f.name, value)
         if not _is_instance(value, kind):
             expected = _EXPECTED.get(kind, str(kind)) + (" or null" if optional else "")
             raise ContinualLMError(f"--{(prefix + f.name).replace('_', '-')}: expected {expected}, got {value!r}")
+
+
+def _as_number(value: Any, kind: Any) -> Any:
+    """``value`` as a number of ``kind`` (float or int) where it is one written otherwise: a numeric string, or an
+    integral float for an integer field (YAML reads ``1e3`` as 1000.0). Anything else is returned unchanged."""
+    if kind not in (int, float) or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = int(text) if kind is int and text.lstrip("+-").isdigit() else float(text)
+        except ValueError:
+            return value  # not a number: the type check names the option
+    if kind is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
 def _is_instance(value: Any, kind: Any) -> bool:
@@ -258,5 +327,5 @@ def _is_instance(value: Any, kind: Any) -> bool:
     return True
 
 
-_EXPECTED = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string",
+_EXPECTED = {bool: "true or false", int: "an integer", float: "a finite number (e.g. 1e-4)", str: "a string",
              list[str]: "a list of strings", dict[str, dict[str, Any]]: "a mapping"}

@@ -1,9 +1,11 @@
-"""Atomic file writes and content hashes: nothing half-written is ever left under a final name."""
+"""Atomic file writes and content hashes: nothing half-written is ever left under a final name; reading YAML
+configuration with numbers as people write them."""
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -58,3 +60,20 @@ def sha256_file(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, plus YAML 1.2's floats: PyYAML implements YAML 1.1, where a float needs a dot and a
+    signed exponent, so ``1e-3``, ``5E4`` and ``1.0e3`` would be read as strings (YAML 1.2 and JSON read numbers)."""
+
+
+_ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse configuration YAML safely (no Python objects), reading ``1e-3`` as a number (see _ConfigLoader)."""
+    return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 - a SafeLoader subclass

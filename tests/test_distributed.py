@@ -24,7 +24,7 @@ from continual_lm import run
 from helpers import checkpoint_method_tensors, checkpoint_tensors, tiny_config
 
 ROOT = Path(__file__).resolve().parent.parent
-DDP_CONFIG = ROOT / "examples" / "accelerate" / "ddp_cpu.yaml"
+DDP_CONFIG = ROOT / "continual_lm" / "accelerate_configs" / "ddp_cpu.yaml"
 WEIGHT_ATOL = 2e-5
 # LoRA; LoRA with extra method state (AM-LoRA selectors, EWC Fisher); soft prompts fed to the DDP-wrapped model as
 # input embeddings (the prompt methods read the embedding table of the model inside the wrapper)

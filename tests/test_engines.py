@@ -52,7 +52,7 @@ def _launch(config: str, driver: Path, cwd: Path) -> subprocess.Popen:
     env = _env()
     env["PYTHONPATH"] = os.pathsep.join([str(CPU_ENGINES), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               str(ROOT / "examples" / "accelerate" / config),
+               str(ROOT / "continual_lm" / "accelerate_configs" / config),
                "--main_process_port", str(_free_port()), str(driver)]
     return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 

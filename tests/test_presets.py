@@ -40,7 +40,7 @@ def _broken_preset(tmp_path, monkeypatch, entry):
     ({"set": {"lr": 1.0e-4}}, "'lr' has no source"),
     ({"set": {"options": {"l2": 1.0}}, "source": {"options.l2": "x"}}, "unknown option 'l2'"),
     ({"set": {"seed": 1}, "source": {"seed": "x"}}, "unknown preset field 'seed'"),
-    ({"set": {"lr": "1e-4"}, "source": {"lr": "x"}}, "entry 1"),  # YAML reads 1e-4 as a string
+    ({"set": {"lr": "fast"}, "source": {"lr": "x"}}, "entry 1"),
     ({"set": {"options": {"l1": -1.0}}, "source": {"options.l1": "x"}}, "--amlora-l1"),
     ({"match": {"benchmark": ["lnog"]}}, "unknown benchmark 'lnog'"),
     ({"not_given": {"lr": ""}}, "must say what is used instead"),
@@ -50,6 +50,16 @@ def test_a_bad_preset_file_is_refused_naming_file_and_field(tmp_path, monkeypatc
     with pytest.raises(ContinualLMError, match=message) as err:
         load_preset("paper", "amlora")
     assert "amlora.yaml" in str(err.value)
+
+
+def test_preset_numbers_written_1e_4_are_numbers(tmp_path, monkeypatch):
+    folder = tmp_path / "presets" / "paper"
+    folder.mkdir(parents=True)
+    (folder / "amlora.yaml").write_text('paper: "x (arXiv:0)"\nentries:\n  - set: {lr: 1e-4, options: {l1: 5E-5}}\n'
+                                        '    source: {lr: "x", options.l1: "x"}\n')
+    monkeypatch.setattr(presets, "PRESET_ROOT", tmp_path / "presets")
+    entry = load_preset("paper", "amlora")["entries"][0]
+    assert entry["set"]["lr"] == 1e-4 and entry["set"]["options"]["l1"] == 5e-5
 
 
 def _resolved(family="t5", **settings):

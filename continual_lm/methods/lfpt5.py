@@ -28,7 +28,7 @@ from ..data.collate import IGNORE_INDEX, Encoded
 from ..data.tasks import Example, Task
 from ..models.lm_forward import evaluating
 from ..models.prompt_bank import prompt_forward, prompt_generate
-from .option_checks import check_fields
+from .option_checks import check_fields, none_means
 from .base import TrainExample
 from .prompt_method import PromptMethod, pseudo_sample_count
 
@@ -46,7 +46,7 @@ class LFPT5Options:
     lm_weight: float = 0.25  # lambda of the generation (LM) loss; reference --lm_lambda 0.25
     kl_weight: float = 0.01  # weight of the KL on pseudo samples; reference Classification.sh --kd_lamda 0.01
     pseudo_fraction: float = 0.125  # pseudo samples per earlier task / training size of the new task (ref.: 2 of 16)
-    pseudo_count: int | None = None  # a fixed number of pseudo samples per earlier task instead of the fraction
+    pseudo_count: int | None = none_means("pseudo_fraction of the new task's training size")  # fixed, per task
     generator_max_tokens: int = 64  # longest generated "input __ans__ output" (tokens)
     top_k: int = 64  # top-k sampling of pseudo samples (reference: 64)
     relabel_invalid: bool = True  # answer missing/not a label: relabel by the solver (True) or drop (reference)

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from .base import LoRAMethod, Method
-from .option_checks import check_choice, check_fields
+from .option_checks import check_choice, check_fields, none_means
 
 TRAINING = ("independent", "sequential")
 SIGN_METHODS = ("total", "frequency")  # TIES' elected sign: sign of the summed values (paper) or of the vote count
@@ -158,7 +158,7 @@ class _MergedEvaluation:
 @dataclass
 class _LoRAMergeOptions:
     training: str = "independent"  # independent: each task's LoRA from the base model; sequential: one LoRA continued
-    scale: float | None = None  # lambda; None = the rule's default (merge-ta, merge-dare: 1/n; merge-ties: 1)
+    scale: float | None = none_means("the rule's: 1/n (merge-ta, merge-dare), 1 (merge-ties)")  # lambda
 
     def _check(self, name: str, **rules: str) -> None:
         check_choice(name, self, "training", TRAINING)

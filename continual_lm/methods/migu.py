@@ -43,7 +43,7 @@ from ..data.collate import IGNORE_INDEX
 from ..errors import ContinualLMError
 from ..models.inject import find_lora_banks, matches_target
 from ..models.lora_bank import LoRABank
-from .option_checks import check_choice, check_fields
+from .option_checks import check_choice, check_fields, none_means
 from .base import Method
 
 # decoder modules that read encoder tokens (cross-attention keys/values of T5 / BART-like models)
@@ -233,8 +233,8 @@ MASK_MODES = ("update", "gradient")
 
 @dataclass
 class MIGUOptions:
-    threshold: float | None = None  # None: the paper's value for the composition (0.7 / 0.4 replay / 0.1 olora)
-    modules: list[str] | None = None  # name suffixes or re:REGEX; None: every linear layer of the blocks
+    threshold: float | None = none_means("the paper's value for the composition: 0.7, 0.4 +replay, 0.1 olora")
+    modules: list[str] | None = none_means("every linear layer of the blocks")  # name suffixes or re:REGEX
     mask: str = "update"  # update: masked rows take no part in the optimizer step; gradient: only their gradient is 0
 
     def validate(self) -> None:

@@ -6,14 +6,24 @@ Each rule names what is expected, in the words the error shows: ``--ewc-gamma: e
 Rules: "an integer >= N", "a number >= X", "a number > X", "a number in [A, B]" (brackets: closed, parentheses:
 open ends). A rule may end with " or None" (the field is optional) or start with "per task: " (one value, or a
 non-empty list of values, one per task). Numbers are finite ints/floats (not bools); integers are ints.
+
+An option whose default None stands for a computed value says which, for --help and the docs:
+
+    query_lr: float | None = none_means("the run's lr")
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from typing import Any, Callable
 
 from ..errors import ContinualLMError
+
+
+def none_means(text: str) -> Any:
+    """A dataclass field with default None that stands for ``text`` (shown by `continual-lm run --help`)."""
+    return dataclasses.field(default=None, metadata={"none_means": text})
 
 
 def _number(v: Any) -> bool:

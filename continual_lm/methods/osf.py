@@ -34,14 +34,15 @@ from torch import nn
 from ..errors import ContinualLMError
 from ..models.inject import matches_target
 from .base import Method
-from .option_checks import check_choice, check_fields
+from .option_checks import check_choice, check_fields, none_means
 
 
 @dataclass
 class OSFOptions:
-    targets: list[str] | None = None  # module-name suffixes (or re:REGEX); None = peft's OSF table, else every
-    #                                   linear layer of the blocks
-    preserve_per_task: float | None = None  # share of each matrix's rank preserved per finished task; None = 1/T
+    # module-name suffixes (or re:REGEX)
+    targets: list[str] | None = none_means("peft's OSF targets for the model type, else every linear layer of the "
+                                           "blocks")
+    preserve_per_task: float | None = none_means("1/T")  # share of each matrix's rank preserved per finished task
     rank_of: str = "min-dim"  # k counted in singular directions (min-dim, the paper) or as the authors' T5 script
     #                           does, of the larger dimension, clamped (max-dim)
     project_params: bool = True  # re-project U_low/V_low after every step (False: peft's gradient projection only)

