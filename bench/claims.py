@@ -1,6 +1,6 @@
 """Claims check: does our implementation of each seed paper's method show the effect its paper reports?
 
-    python bench/claims.py [--scale cpu|gpu] [--jobs 2] [--seeds 1 2 3] [--papers migu amlora sapt]
+    python bench/claims.py [--scale cpu|cpu-short|gpu] [--jobs 2] [--seeds 1 2 3] [--papers migu amlora sapt]
                            [--data-dir ../shared/data] [--dry-run] [--table-only]
 
 Each paper's headline claims (CLAIMS, quoted with their section or table) are stated as measurable comparisons
@@ -20,8 +20,9 @@ Runs go to bench/runs/claims/<scale>/<row>/seed<k>/ (checkpoints: last phase onl
 interrupted one resumed, so the script can be stopped and started again at any time; rows shared by several claims
 (seqlora, inclora) run once. ``--jobs N`` runs N runs at a time (bench/reproduce.py's process pool), each with
 CPU count / N threads and its output in <row>/seed<k>.log. ``--dry-run`` lists the runs with an estimated cost;
-``--table-only`` rewrites the result file from the finished runs. The `cpu` scale writes bench/CLAIMS.md, `gpu`
-(more steps and test examples, 5 seeds) bench/CLAIMS-gpu.md.
+``--table-only`` rewrites the result file from the finished runs. The `cpu` scale writes bench/CLAIMS.md, `cpu-short`
+(two tasks, fewer steps: about an hour with --papers amlora sapt) bench/CLAIMS-short.md, `gpu` (more steps and test
+examples, 5 seeds) bench/CLAIMS-gpu.md.
 """
 from __future__ import annotations
 
@@ -80,7 +81,7 @@ CPU_SETTINGS = dict(benchmark="standard", tasks=["dbpedia", "yahoo", "agnews"], 
                     epochs=1, eval_batch_size=16, lr=1e-3)
 SCALES = {
     # Sized for the lead's 4-6 h of a 2-core CPU with --jobs 2 (27 runs: 9 rows x 3 seeds; docs/claims.md has the
-    # pilot and the estimate): 3 tasks, 48 optimizer steps per task, 150 test examples per task (1 example = 0.22 AP
+    # sizing and the estimate): 3 tasks, 48 optimizer steps per task, 150 test examples per task (1 example = 0.22 AP
     # points), 3 seeds.
     "cpu": Scale(
         description="standard CL order 1 without amazon (dbpedia, yahoo, agnews), SmolLM2-135M, 384 train / 150 "
@@ -96,6 +97,26 @@ SCALES = {
             "test: 150 examples per task, drawn by the seed (papers: the full test sets, 500 per class)",
             "learning rate 1e-3 for every LoRA row, 2e-5 for full fine-tuning (the presets' LLaMA values, 1e-4 and "
             "SAPT's 5e-5, are for thousands of steps); no gradient accumulation (presets: 8, SAPT 4)",
+            "inputs cut to 128 tokens, answers to 8 (presets: 512-1024 and 50)",
+            "SAPT's generator: 32 steps of 16 inputs, pseudo inputs up to 128 tokens (paper: 5000 steps, 512)",
+        ),
+        step_s=5.0, eval_s=0.25),
+    # A reduced protocol for about an hour of a 2-core CPU: two tasks (dbpedia -> agnews, the two that SmolLM2 learns
+    # fastest), 32 optimizer steps per task, 150 test examples per task, 3 seeds. With --papers amlora sapt (15 runs)
+    # it decides the AP, forgetting and routing claims of AM-LoRA and SAPT with one earlier task; MIGU's rows (full
+    # fine-tuning is 3x a LoRA step) are left to the `cpu` scale.
+    "cpu-short": Scale(
+        description="dbpedia -> agnews (standard CL tasks), SmolLM2-135M, 256 train / 150 test examples per task "
+                    "(seeded draws), batch 8, one epoch: 32 optimizer steps per task",
+        model="smollm2-135m",
+        settings={**CPU_SETTINGS, "tasks": ["dbpedia", "agnews"], "max_train_per_task": 256},
+        seeds=(1, 2, 3), generator_steps=32, attention_samples=64, output="CLAIMS-short.md",
+        deviations=(
+            "model: SmolLM2-135M-Instruct (papers: T5-large, LLaMA-2-7B and larger)",
+            "tasks: two of standard CL order 1, dbpedia then agnews (papers: four-task orders and the 15-task long "
+            "sequence): forgetting and selection are measured on one earlier task",
+            "data: 256 training examples per task, one epoch, batch 8 (32 steps); test: 150 per task, by seed",
+            "learning rate 1e-3 for every LoRA row, 2e-5 for full fine-tuning; no gradient accumulation",
             "inputs cut to 128 tokens, answers to 8 (presets: 512-1024 and 50)",
             "SAPT's generator: 32 steps of 16 inputs, pseudo inputs up to 128 tokens (paper: 5000 steps, 512)",
         ),

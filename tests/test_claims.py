@@ -241,3 +241,20 @@ def test_the_readme_results_section_leads_with_the_claims_summary():
         return
     summary = _first_table(committed.read_text().split("\n## Summary\n")[1].splitlines())
     assert summary and _first_table(lead.split("**Claims check**")[1].splitlines()) == summary
+
+
+def test_every_scale_builds_its_rows_with_the_paper_preset_below_its_values(claims, tmp_path):
+    """Each scale's rows (one of each kind) resolve with --preset paper (the scale's protocol values win, full
+    fine-tuning gets its own lr), and the reduced scale is the cheap one the README offers."""
+    from continual_lm.train.assemble import apply_preset
+
+    for scale, row in [(s, r) for s in claims.SCALES.values() for r in ("seqft+migu", "amlora", "sapt-lora-noarm")]:
+        config, _ = apply_preset(claims.row_config(scale, row, 1, tmp_path, None))  # ~1 s each
+        assert config.lr == (claims.FULL_FT_LR if row.startswith("seqft") else scale.settings["lr"]), row
+        assert (config.batch_size, config.grad_accum) == (scale.settings["batch_size"], 1)
+        assert config.max_train_per_task == scale.settings["max_train_per_task"]
+    rows = claims.claim_rows([c for c in claims.CLAIMS if c.paper in ("amlora", "sapt")])
+    short, full = claims.SCALES["cpu-short"], claims.SCALES["cpu"]
+    cost = {name: sum(claims.estimated_cost_s(scale, row, len(claims.task_names(scale))) for row in rows)
+            * len(scale.seeds) for name, scale in (("short", short), ("full", full))}
+    assert cost["short"] / 3600 / 2 < 1.25 < cost["full"] / 3600 / 2  # wall hours with --jobs 2
