@@ -190,19 +190,20 @@ def _start_worker(threads: int) -> None:
     apply_threads(threads)
 
 
-def run_all(queue: list[tuple[str, str]], run_args, jobs: int, threads: int, on_finish) -> None:
-    """Run every (benchmark, method) of ``queue`` as ``run_one(*run_args(benchmark, method), log=jobs > 1)``,
-    ``jobs`` at a time. A benchmark's `single` run (every other run's FWT reference) comes first; its other runs
-    start once it is done. ``on_finish(benchmark, method)`` is called after every run."""
+def run_all(queue: list[tuple], run_args, jobs: int, threads: int, on_finish, run=None) -> None:
+    """Run every (benchmark, method) of ``queue`` as ``run(*run_args(benchmark, method), log=jobs > 1)`` (``run``:
+    ``run_one`` unless given, a module-level function so that worker processes can import it), ``jobs`` at a time.
+    A benchmark's `single` run (every other run's FWT reference) comes first; its other runs start once it is done.
+    ``on_finish(benchmark, method)`` is called after every run. bench/claims.py queues (row, seed) items."""
     remaining = list(queue)
+    run = run or run_one
 
     def ready(item):
-        benchmark, method = item
-        return method == "single" or (benchmark, "single") not in remaining
+        return item[1] == "single" or (item[0], "single") not in remaining
 
     if jobs == 1:
         for item in sorted(remaining, key=lambda item: not ready(item)):
-            run_one(*run_args(*item))
+            run(*run_args(*item))
             on_finish(*item)
         return
     pending, running = list(remaining), {}
@@ -215,7 +216,7 @@ def run_all(queue: list[tuple[str, str]], run_args, jobs: int, threads: int, on_
             while pending or running:
                 for item in [i for i in pending if ready(i)][:jobs - len(running)]:
                     pending.remove(item)
-                    running[pool.submit(run_one, *run_args(*item), log=True)] = item
+                    running[pool.submit(run, *run_args(*item), log=True)] = item
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in done:
                     item = running.pop(future)

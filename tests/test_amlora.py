@@ -249,6 +249,71 @@ def test_padding_is_masked_out_of_the_recorded_means(all_mode_run):
         assert torch.allclose(torch.tensor(weights), tokens[name], atol=1e-5)
 
 
+def test_routing_is_recorded_after_each_task_for_every_seen_task(all_mode_run):
+    tmp_path, _, _, _, results = all_mode_run
+    routing = json.loads((tmp_path / "run" / ATTENTION_JSON).read_text())["routing"]
+    assert routing["groups"] == ["all", "q_proj", "v_proj"] and routing["samples_per_task"] == 4
+    assert [entry["after"] for entry in routing["after_task"]] == TASKS
+    for t, entry in enumerate(routing["after_task"]):
+        assert list(entry["tasks"]) == TASKS[:t + 1]  # the tasks seen so far, each against its own LoRA
+        for summary in entry["tasks"].values():
+            for group in routing["groups"]:
+                values = summary[group]
+                assert 0 <= values["share"] <= 1 and -1 <= values["margin"] <= 1 and values["n"] == 4
+                assert values["top1"] in (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def test_recording_the_routing_does_not_change_the_run(tmp_path, all_mode_run):
+    """The records run in eval mode without gradients or random numbers: the same run without them trains and
+    scores exactly alike."""
+    _, _, _, (_, recorded_ends), recorded = all_mode_run
+    _, _, (_, ends), results = _run_with_snapshots(tmp_path, l1=1e-3, attention_samples=0)
+    assert results["matrix"] == recorded["matrix"]
+    assert all(torch.equal(ends[-1][name], recorded_ends[-1][name]) for name in ends[-1])
+    assert not (tmp_path / "run" / ATTENTION_JSON).exists()
+
+
+def test_routing_averages_each_input_over_its_tokens_then_over_the_layers(all_mode_run):
+    """Two inputs of the second task, the first left-padded by 3 tokens: per input the selector weights of every
+    bank averaged over its real tokens, then over the banks of a group; share = the weight of LoRA 2 (task 2's,
+    index 0 being the zero LoRA), margin = share - the largest other weight, top1 = argmax is LoRA 2."""
+    tmp_path, backbone, _, _, _ = all_mode_run
+    method = build_method(tiny_config(tmp_path / "again", method="amlora", tasks=TASKS))
+    method.banks = find_lora_banks(backbone.model)
+    method.options.attention_samples = 2
+    ids = torch.randint(4, 260, (2, 7), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    ids[0, :3], mask[0, :3] = 0, 0
+
+    class Context:
+        tasks = loop.load_stream_for(tiny_config(tmp_path, tasks=TASKS)).tasks
+
+        def prompt_batches(self, task_index, texts):
+            yield {"input_ids": ids, "attention_mask": mask}
+
+    method.context = Context()
+    recorded = method.record_routing(backbone.model, 1)
+    assert recorded["after"] == TASKS[1] and list(recorded["tasks"]) == TASKS[:2]
+    for bank in method.banks.values():
+        bank.record_weights = True
+    backbone.model.eval()
+    with torch.no_grad():
+        backbone.model(input_ids=ids, attention_mask=mask)
+    per_bank = {}
+    for name, bank in method.banks.items():
+        g = bank.mixer.last_distribution.float()
+        per_bank[name] = torch.stack([g[0, 3:].mean(0), g[1].mean(0)])  # [inputs, LoRAs]
+        bank.record_weights = False
+    for group in ("all", "v_proj"):
+        names = [n for n in per_bank if group == "all" or n.endswith(group)]
+        w = torch.stack([per_bank[n] for n in names]).mean(0)
+        others = torch.cat([w[:, :2], w[:, 3:]], dim=1)
+        expected = {"share": w[:, 2].mean(), "margin": (w[:, 2] - others.max(1).values).mean(),
+                    "top1": (w.argmax(1) == 2).float().mean()}
+        for key, value in expected.items():
+            assert recorded["tasks"][TASKS[1]][group][key] == pytest.approx(value.item(), abs=2e-6), (group, key)
+
+
 def test_a_crashed_amlora_run_resumes_to_the_same_results(tmp_path, all_mode_run, monkeypatch):
     reference_dir, _, _, _, reference = all_mode_run
     original_save = loop.RunDir.save_checkpoint

@@ -384,6 +384,13 @@ def test_end_to_end_frozen_blocks_heatmaps_and_resume(tmp_path, monkeypatch, met
     heat = json.loads((out / "sapt_attention.json").read_text())
     assert len(heat["test"]) == 2 and all(abs(sum(row) - 1) < 1e-5 for row in heat["test"])
     assert heat["train"][0] == [1.0, 0.0]
+    # routing after each task: task 1 alone on its one block, then both tasks over two blocks; after the stream a
+    # task's mean share of its own block is the diagonal of the test-time heatmap (the same inputs and weights)
+    routing = heat["routing"]["after_task"]
+    assert [entry["after"] for entry in routing] == TWO_TASKS
+    assert routing[0]["tasks"] == {TWO_TASKS[0]: {"all": {"share": 1.0, "margin": 1.0, "top1": 1.0, "n": 4}}}
+    for j, task in enumerate(TWO_TASKS):
+        assert routing[1]["tasks"][task]["all"]["share"] == pytest.approx(heat["test"][j][j], abs=1e-5)
     for label in ("train", "test"):
         assert (out / f"sapt_attention_{label}_heatmap.png").stat().st_size > 0
         assert f"sapt_attention_{label}_heatmap.png" in (out / "report.md").read_text()

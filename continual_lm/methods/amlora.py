@@ -8,9 +8,13 @@ W_r,n in R^{d_out}; LoRA 0 is the *zero LoRA* (its output is always 0). Per toke
 computed without the n full-width LoRA outputs: W_r,i^T (dw_i x) = scaling * (B_i^T W_r,i) . (A_i x), where
 A_i x is what the LoRABank already computes for all LoRAs with one matmul. The zero LoRA's score is W_r,0^T 0 = 0.
 Training adds lambda_t * sum over layers and LoRAs of ||W_r,i||_1 (lambda per task). See docs/methods/amlora.md.
+
+Records (``attention_samples`` test inputs per task; 0 = none): the mean g per layer and LoRA at the end (Figure 4,
+amlora_attention.json + heatmaps) and, after each task, each seen task's routing accuracy (eval/routing.py).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from dataclasses import dataclass
@@ -72,7 +76,7 @@ class AMLoRAOptions:
     # its per-task lists for the long orders come with --preset paper (continual_lm/presets/paper/amlora.yaml).
     l1: float | list[float] = 1e-5
     mode: str = "all"  # all: every selector dense layer trains with each task (AR); new: only the new one (NR)
-    attention_samples: int = 32  # test inputs per task whose mean selector weights are recorded at the end; 0 = off
+    attention_samples: int = 32  # test inputs per task recorded after each task and at the end; 0 = off
 
     def validate(self) -> None:
         check_choice("amlora", self, "mode", MODES)
@@ -99,6 +103,7 @@ class AMLoRA(LoRAMethod):
             raise ContinualLMError(f"--amlora-l1: expected one value or one per task ({len(self.tasks)} tasks), "
                                    f"got {len(lam)} values")
         super().setup(model, backbone)
+        self.routing_history: list[dict] = []  # record_routing after each task (method state: survives a resume)
 
     def l1_lambda(self, task_index: int) -> float:
         lam = self.options.l1
@@ -130,44 +135,53 @@ class AMLoRA(LoRAMethod):
         return lam * torch.cat(self.selector_weights()).abs().sum()
 
     # ---- the paper's Figure 4: mean selector weights per layer and LoRA --------------------------------------
-    @torch.no_grad()
-    def record_attention(self, model) -> dict:
-        """Mean g_0..n per bank on up to ``attention_samples`` test inputs of each task (padding masked out)."""
-        context, n = self.context, self.options.attention_samples
-        tasks = context.tasks
+    @contextlib.contextmanager
+    def _recording(self, model):
+        """The model in eval mode with every bank keeping its selector distribution; restored afterwards."""
         banks = self.banks_of(model)
-        seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
         with evaluating(model):
             for bank in banks.values():
                 bank.record_weights = True
-            per_task = {}
             try:
-                for j, task in enumerate(tasks):
-                    texts = [e.input for e in task.test[:n]]
-                    sums, counts = {}, {}
-                    for batch in context.prompt_batches(j, texts):
-                        inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-                        if seq2seq:
-                            start = model.config.decoder_start_token_id
-                            inputs["decoder_input_ids"] = torch.full_like(batch["input_ids"][:, :1], start)
-                        model(**inputs)
-                        mask = batch["attention_mask"]
-                        for name, bank in banks.items():
-                            dist = bank.mixer.last_distribution.float()
-                            if dist.shape[:-1] == mask.shape:  # token positions of the input: skip padding
-                                m = mask.to(dist.dtype).unsqueeze(-1)
-                                total, count = (dist * m).flatten(0, -2).sum(0), m.sum()
-                            else:  # e.g. a decoder's own positions
-                                total, count = dist.flatten(0, -2).sum(0), dist[..., 0].numel()
-                            sums[name] = sums.get(name, 0) + total
-                            counts[name] = counts.get(name, 0) + float(count)
-                    if texts:
-                        per_task[task.name] = {k: [round(v, 6) for v in (sums[k] / counts[k]).tolist()] for k in sums}
+                yield banks
             finally:
                 for bank in banks.values():
                     bank.record_weights = False
                     bank.mixer.last_distribution = None
-        num_loras = next(iter(banks.values())).num_loras
+
+    def _selector_batches(self, model, banks, task_index: int, texts: list[str]):
+        """(attention mask [B, S], {bank: g_0..n [B, S', n+1]}) per batch of ``texts`` encoded as task inputs."""
+        seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
+        for batch in self.context.prompt_batches(task_index, texts):
+            inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            if seq2seq:
+                start = model.config.decoder_start_token_id
+                inputs["decoder_input_ids"] = torch.full_like(batch["input_ids"][:, :1], start)
+            model(**inputs)
+            yield batch["attention_mask"], {name: bank.mixer.last_distribution.float() for name, bank in banks.items()}
+
+    @torch.no_grad()
+    def record_attention(self, model) -> dict:
+        """Mean g_0..n per bank on up to ``attention_samples`` test inputs of each task (padding masked out)."""
+        n = self.options.attention_samples
+        tasks = self.context.tasks
+        per_task = {}
+        with self._recording(model) as banks:
+            for j, task in enumerate(tasks):
+                texts = [e.input for e in task.test[:n]]
+                sums, counts = {}, {}
+                for mask, dists in self._selector_batches(model, banks, j, texts):
+                    for name, dist in dists.items():
+                        if dist.shape[:-1] == mask.shape:  # token positions of the input: skip padding
+                            m = mask.to(dist.dtype).unsqueeze(-1)
+                            total, count = (dist * m).flatten(0, -2).sum(0), m.sum()
+                        else:  # e.g. a decoder's own positions
+                            total, count = dist.flatten(0, -2).sum(0), dist[..., 0].numel()
+                        sums[name] = sums.get(name, 0) + total
+                        counts[name] = counts.get(name, 0) + float(count)
+                if texts:
+                    per_task[task.name] = {k: [round(v, 6) for v in (sums[k] / counts[k]).tolist()] for k in sums}
+            num_loras = next(iter(banks.values())).num_loras
         mean = {name: [round(sum(per_task[t][name][i] for t in per_task) / len(per_task), 6)
                        for i in range(num_loras + 1)] for name in banks} if per_task else {}
         return {
@@ -180,6 +194,42 @@ class AMLoRA(LoRAMethod):
             "per_task": per_task,
         }
 
+    # ---- routing accuracy over the stream (eval/routing.py) ------------------------------------------------------
+    @torch.no_grad()
+    def record_routing(self, model, last_task: int) -> dict:
+        """Per input of tasks 0..last_task (up to ``attention_samples`` test inputs each): g_0..n averaged over the
+        input's tokens (padding masked out) and over the banks of a group ("all", or one projection such as
+        "v_proj"), then summarised against the input's own LoRA (index j + 1; 0 is the zero LoRA)."""
+        from ..eval.routing import routing_summary
+
+        tasks = self.context.tasks
+        summary = {}
+        with self._recording(model) as banks:
+            groups = {"all": list(banks)}
+            for name in banks:
+                groups.setdefault(re.sub(r"\W", "_", name.rpartition(".")[2]), []).append(name)
+            for j in range(last_task + 1):
+                texts = [e.input for e in tasks[j].test[:self.options.attention_samples]]
+                vectors = {group: [] for group in groups}
+                for mask, dists in self._selector_batches(model, banks, j, texts):
+                    per_input = {name: _mean_over_tokens(dist, mask) for name, dist in dists.items()}
+                    for group, names in groups.items():
+                        vectors[group].append(torch.stack([per_input[k] for k in names]).mean(0))
+                if texts:
+                    summary[tasks[j].name] = {group: routing_summary(torch.cat(rows), j + 1)
+                                              for group, rows in vectors.items()}
+        return {"after": tasks[last_task].name, "tasks": summary}
+
+    def after_task(self, model, task_index, task, examples):
+        if self.options.attention_samples and self.context is not None:
+            self.routing_history = [*self.routing_history[:task_index], self.record_routing(model, task_index)]
+
+    def extra_state(self):
+        return {}, {"routing": self.routing_history}
+
+    def load_extra_state(self, tensors, meta):
+        self.routing_history = list(meta.get("routing", []))
+
     def on_run_end(self, model):
         if self.options.attention_samples == 0 or self.context is None:
             return
@@ -188,6 +238,16 @@ class AMLoRA(LoRAMethod):
         record = self.record_attention(model)
         if not record["mean"]:
             return
+        if self.routing_history:
+            record["routing"] = {
+                "description": "per test input: the selector weights g_0..n averaged over its tokens and the "
+                               "group's layers; share/margin/top1 of its own task's LoRA (eval/routing.py), after "
+                               "each task of the stream",
+                "blocks": "0 = the zero LoRA, j + 1 = the LoRA of task j",
+                "groups": list(next(iter(self.routing_history[-1]["tasks"].values()))),
+                "samples_per_task": self.options.attention_samples,
+                "after_task": self.routing_history,
+            }
         run_dir = self.context.run_dir
         atomic_write_json(run_dir / ATTENTION_JSON, record)
         for projection, rows in group_by_projection(record["mean"]).items():
@@ -196,6 +256,14 @@ class AMLoRA(LoRAMethod):
         from ..eval.figures import plot_routing
 
         plot_routing(record, run_dir / ROUTING_PNG)
+
+
+def _mean_over_tokens(dist: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[B, S, K] -> [B, K]: the mean over each input's non-padding positions (a decoder's own positions: all)."""
+    if dist.shape[:-1] == mask.shape:
+        m = mask.to(dist.dtype).unsqueeze(-1)
+        return (dist * m).sum(1) / m.sum(1).clamp_min(1.0)
+    return dist.flatten(1, -2).mean(1)
 
 
 def group_by_projection(mean: dict[str, list[float]]) -> dict[str, dict[str, list[float]]]:

@@ -13,6 +13,8 @@ ARM   after task t: a temporary generator (its own LoRA / a 300-token prompt, ``
       step adds, for EVERY earlier task j, one batch of its pseudo inputs: eta * sum_j KL(stored mean_j, zero-padded
       || current attention) (Eq. 5-6, ``arm: kl``), or the pseudo inputs are replayed as ordinary training data
       with answers from the model of their task (``replay``), or nothing (``none``). See docs/methods/sapt.md.
+Records: the train/test attention heatmaps (Figure 3, sapt_attention.json) and, after each task, every seen task's
+routing accuracy over the blocks (eval/routing.py, in the same JSON).
 """
 from __future__ import annotations
 
@@ -193,6 +195,7 @@ class SAPT(Method):
         self.setup_blocks(model, backbone)
         self.pseudo: dict[int, list[dict[str, str]]] = {}  # task -> [{"input", "output"}]
         self.mean_attention: dict[int, list[float]] = {}  # task -> mean attention of its training inputs (ARM)
+        self.routing_history: list[dict] = []  # record_routing after each task (eval/routing.py)
         self.current_task = -1
         self._pseudo_streams: dict[int, dict] = {}
 
@@ -282,11 +285,27 @@ class SAPT(Method):
             # The stored attention of Eq. 5: the paper averages test inputs, the reference code the validation
             # split; here the task's training inputs after training (data every method has; docs/methods/sapt.md).
             self.mean_attention[task_index] = self.mean_attention_on(task_index, inputs)
+            self.routing_history = [*self.routing_history[:task_index], self.record_routing(task_index)]
             if self.options.arm != "none" and task_index + 1 < len(self.tasks):
                 pseudo = self.generate_pseudo_inputs(model, task_index, inputs)
                 replayed = self.options.arm == "replay"
                 answers = self.greedy_answers(model, task_index, pseudo) if replayed else [""] * len(pseudo)
                 self.pseudo[task_index] = [{"input": i, "output": o} for i, o in zip(pseudo, answers)]
+
+    @torch.no_grad()
+    def record_routing(self, last_task: int) -> dict:
+        """Routing accuracy (eval/routing.py) of the attention of every test input of tasks 0..last_task over the
+        blocks 0..last_task, the own block of task j's inputs being block j."""
+        from ..eval.routing import routing_summary
+
+        summary = {}
+        for j in range(last_task + 1):
+            texts = [e.input for e in self.tasks[j].test]
+            rows = [self.attention_weights(b["input_ids"], b["attention_mask"].bool())
+                    for b in self.context.prompt_batches(j, texts)]
+            if rows:
+                summary[self.tasks[j].name] = {"all": routing_summary(torch.cat(rows), j)}
+        return {"after": self.tasks[last_task].name, "tasks": summary}
 
     def pseudo_count(self, task_index: int) -> int:
         return pseudo_sample_count(self.options, self.tasks[task_index])
@@ -374,7 +393,15 @@ class SAPT(Method):
         train = [self.mean_attention.get(j, []) + [0.0] * (T - len(self.mean_attention.get(j, []))) for j in range(T)]
         names = [t.name for t in self.tasks[:T]]
         path = self.context.run_dir
-        atomic_write_json(path / HEATMAP_JSON, {"tasks": names, "train": train, "test": test})
+        record = {"tasks": names, "train": train, "test": test}
+        if self.routing_history:
+            record["routing"] = {
+                "description": "per test input: its instance-level attention over the blocks; share/margin/top1 of "
+                               "its own task's block (eval/routing.py), after each task of the stream",
+                "blocks": "j = the block of task j", "groups": ["all"], "samples_per_task": None,
+                "after_task": self.routing_history,
+            }
+        atomic_write_json(path / HEATMAP_JSON, record)
         for label, matrix in (("train", train), ("test", test)):
             plot_fraction_heatmap(matrix, path / f"sapt_attention_{label}_heatmap.png", rows=names,
                                   columns=[f"block {i + 1}" for i in range(len(names))],
@@ -384,11 +411,13 @@ class SAPT(Method):
     # ---- state -------------------------------------------------------------------------------------------------
     def extra_state(self):
         return {}, {"pseudo": {str(k): v for k, v in self.pseudo.items()},
-                    "mean_attention": {str(k): v for k, v in self.mean_attention.items()}}
+                    "mean_attention": {str(k): v for k, v in self.mean_attention.items()},
+                    "routing": self.routing_history}
 
     def load_extra_state(self, tensors, meta):
         self.pseudo = {int(k): v for k, v in meta.get("pseudo", {}).items()}
         self.mean_attention = {int(k): v for k, v in meta.get("mean_attention", {}).items()}
+        self.routing_history = list(meta.get("routing", []))
 
     # ---- the PET blocks and the generator (subclasses; forward and generate combine the blocks) ------------------
     def setup_blocks(self, model, backbone) -> None:
