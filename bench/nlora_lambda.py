@@ -28,7 +28,7 @@ from continual_lm.data.collate import Collator  # noqa: E402
 from continual_lm.methods.base import RunContext, TrainExample, build_method  # noqa: E402
 from continual_lm.methods.nlora import update_l1  # noqa: E402
 from continual_lm.models.backbone import load_backbone  # noqa: E402
-from continual_lm.train.loop import load_stream_for  # noqa: E402
+from continual_lm.data.stream import load_stream_for  # noqa: E402
 
 SETTINGS = [(0.0, "delta"), (0.4, "delta"), (1e-3, "delta"), (1e-4, "delta"), (0.4, "code")]
 

@@ -73,7 +73,8 @@ def main(argv=None) -> int:
     from continual_lm.data.collate import Collator
     from continual_lm.io_utils import atomic_write_json, atomic_write_text
     from continual_lm.models.backbone import load_backbone
-    from continual_lm.train.loop import ContinualRunner, load_stream_for
+    from continual_lm.data.stream import load_stream_for
+    from continual_lm.train.loop import ContinualRunner
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="small", choices=sorted(PRESETS))

@@ -286,7 +286,7 @@ def test_routing_averages_each_input_over_its_tokens_then_over_the_layers(all_mo
     ids[0, :3], mask[0, :3] = 0, 0
 
     class Context:
-        tasks = loop.load_stream_for(tiny_config(tmp_path, tasks=TASKS)).tasks
+        tasks = load_stream_for(tiny_config(tmp_path, tasks=TASKS)).tasks
 
         def prompt_batches(self, task_index, texts):
             yield {"input_ids": ids, "attention_mask": mask}

@@ -10,7 +10,7 @@ from continual_lm.eval.generate import AnswersSettled, predict_requests
 from continual_lm.eval.scores import clean_prediction
 from continual_lm.methods.base import TrainExample
 from continual_lm.models.backbone import build_byte_tokenizer, load_backbone
-from continual_lm.train.loop import build_runner
+from continual_lm.train.assemble import build_runner
 
 from helpers import tiny_config
 

@@ -118,3 +118,15 @@ def test_jobs_run_in_parallel_processes_after_the_single_reference(monkeypatch, 
             assert results["metrics"]["FWT"] is not None
     record, = json.loads((parallel / "tiny" / "invocations.json").read_text())
     assert (record["jobs"], record["threads"], len(record["runs"])) == (2, 1, 3)
+
+
+def test_a_presets_method_options_apply_below_a_variants_own(reproduce, tmp_path):
+    preset = reproduce.PRESETS["small"]
+    settings = preset["benchmarks"]["standard"]
+
+    def options(method):
+        return reproduce.run_config("standard", method, settings, preset, tmp_path, None).method_options
+
+    assert options("sapt-lora") == {"sapt-lora": {"generator_epochs": 10}}  # SAPT's generator budget, capped
+    assert options("sapt-lora-noarm") == {"sapt-lora": {"generator_epochs": 10, "arm": "none"}}
+    assert options("seqlora+migu") == {} and options("gainlora-olora") == {"gainlora": {"base": "olora"}}
