@@ -90,11 +90,11 @@ def _run_recording_evaluation(tmp_path, method, **kw):
     seen = []
     original = Method.generate
 
-    def spy(self, model, batch, max_new_tokens):  # inside the method's merged view: what decoding computes with
+    def spy(self, model, batch, max_new_tokens, **generate_kwargs):  # inside the merged view: what decoding uses
         banks = find_lora_banks(model)
         seen.append({n: (b.base.weight.detach().clone(), b.lora_B[0].detach().clone()) for n, b in banks.items()}
                     if banks else {n: p.detach().clone() for n, p in model.named_parameters()})
-        return original(self, model, batch, max_new_tokens)
+        return original(self, model, batch, max_new_tokens, **generate_kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
         recorder = PhaseRecorder()

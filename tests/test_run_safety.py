@@ -311,7 +311,8 @@ def test_bad_input_is_refused_before_anything_is_written(tmp_path, capsys, extra
 
 
 # ---- 11. clear errors instead of tracebacks ----------------------------------------------------------------------
-@pytest.mark.parametrize("text, message", [("lora: 5\n", "lora"), ("warmup_ratio: '0.1'\n", "warmup"),
+# (numeric text such as warmup_ratio: '0.1' is read as the number: tests/test_config.py)
+@pytest.mark.parametrize("text, message", [("lora: 5\n", "lora"), ("warmup_ratio: 'a tenth'\n", "warmup"),
                                            ("epochs: 1.5\n", "epochs"), ("tasks: sentiment\n", "tasks")])
 def test_wrongly_typed_yaml_values_are_clear_errors(tmp_path, capsys, text, message):
     (tmp_path / "run.yaml").write_text(text)

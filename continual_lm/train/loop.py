@@ -281,11 +281,11 @@ class ContinualRunner:
                     done["row_macro_f1"] = [evaluation.macro_f1(t) for t in self.tasks]
                 self.callbacks.on_phase_evaluated(self, phase, evaluation)
                 self.save_state()
-            if self.is_main and self.config.keep_checkpoints == "last":  # only now: a resume from here needs
-                self.run_dir.prune_checkpoints(phase.row)  # this phase's checkpoint only
+            self._prune_before(phase)
             self.accelerator.wait_for_everyone()
         if pending_load is not None:
             self.load_phase(pending_load)
+            self._prune_before(self.phases[-1])  # killed between the last evaluation and its pruning
         self.callbacks.on_stream_end(self)
         self.accelerator.wait_for_everyone()
         results = self.results()
@@ -293,6 +293,11 @@ class ContinualRunner:
             atomic_write_json(self.run_dir.results_path, results)
         self.callbacks.on_run_end(self, results)
         return results
+
+    def _prune_before(self, phase: Phase) -> None:
+        """--keep-checkpoints last: once ``phase`` is trained and evaluated, a resume needs its checkpoint only."""
+        if self.is_main and self.config.keep_checkpoints == "last":
+            self.run_dir.prune_checkpoints(phase.row)
 
     def results(self) -> dict[str, Any]:
         """results.json of the run's state (eval/results.py)."""
