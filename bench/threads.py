@@ -42,6 +42,8 @@ def child(args) -> None:
         from continual_lm.threads import set_openmp_defaults
 
         set_openmp_defaults()  # before torch is imported, as continual_lm's CLI does
+    # what OpenMP reads when torch loads (importing the bench scripts below sets the variable, too late to matter)
+    policy = os.environ.get("OMP_WAIT_POLICY")
     import torch
 
     from continual_lm.threads import apply_threads
@@ -67,7 +69,7 @@ def child(args) -> None:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - start)
-    print(json.dumps({"threads": torch.get_num_threads(), "wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+    print(json.dumps({"threads": torch.get_num_threads(), "wait_policy": policy,
                       "times": times[1:], "tokens": int(batch["input_ids"].numel())}))
 
 
