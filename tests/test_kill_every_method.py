@@ -78,8 +78,9 @@ def _config(where, spec, mode):
     return smallest_config(where, spec, keep_checkpoints=mode)
 
 
-def _final_weights(out, phases=2) -> dict:
-    return RunDir(out).load_checkpoint(phases - 1)[0]
+def _final_checkpoint(out, phases=2) -> tuple[dict, dict, dict]:
+    """The last phase's trainable tensors, method tensors and method metadata."""
+    return RunDir(out).load_checkpoint(phases - 1)
 
 
 def _check_whole(out) -> None:
@@ -97,7 +98,8 @@ def test_killed_anywhere_in_any_checkpoint_mode_the_run_resumes_to_the_same_end(
     timeline = Timeline(monkeypatch)
     reference = run(_config(tmp_path / "reference", spec, "all"))
     events = timeline.count
-    weights = _final_weights(tmp_path / "reference" / "run")
+    weights, state, meta = _final_checkpoint(tmp_path / "reference" / "run")
+    predictions = (tmp_path / "reference" / "run" / "predictions" / "after_phase_01.json").read_text()
     draw = random.Random(spec)
     for mode in MODES:
         out = tmp_path / mode / "run"
@@ -113,9 +115,11 @@ def test_killed_anywhere_in_any_checkpoint_mode_the_run_resumes_to_the_same_end(
             except Kill:
                 _check_whole(out)
         assert results["matrix"] == reference["matrix"], (mode, kills)
-        final = _final_weights(out)
-        assert final.keys() == weights.keys()
+        final, final_state, final_meta = _final_checkpoint(out)
+        assert final.keys() == weights.keys() and final_state.keys() == state.keys() and final_meta == meta
         assert all(torch.equal(final[n], weights[n]) for n in weights), (mode, kills)
+        assert all(torch.equal(final_state[n], state[n]) for n in state), (mode, kills)
+        assert (out / "predictions" / "after_phase_01.json").read_text() == predictions, (mode, kills)
         if mode == "last":
             assert [p.name for p in (out / "checkpoints").glob("phase_*")] == ["phase_01"]
         assert not list(out.rglob("*.tmp*"))
