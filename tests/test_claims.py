@@ -230,17 +230,19 @@ def _first_table(lines):
 
 
 def test_the_readme_results_section_leads_with_the_claims_summary():
-    """README's results section starts with the claims check; once bench/CLAIMS.md exists, the table under
-    "**Claims check**" is its summary table verbatim (regenerate both together)."""
+    """README's results section starts with the claims check; once bench/CLAIMS.md (bench/CLAIMS-short.md) exists,
+    the table under "**Claims check**" ("**Reduced claims check**") is its summary table verbatim (regenerate both
+    together)."""
     section = (ROOT / "README.md").read_text().split("## Small-scale reproduction and speed")[1].split("\n## ")[0]
     lead = section.split("bench/reproduce.py --preset small")[0]
     assert "python bench/claims.py" in lead and "**Claims check**" in lead
-    committed = ROOT / "bench" / "CLAIMS.md"
-    if not committed.exists():
-        assert "**Claims check**: not run yet" in lead
-        return
-    summary = _first_table(committed.read_text().split("\n## Summary\n")[1].splitlines())
-    assert summary and _first_table(lead.split("**Claims check**")[1].splitlines()) == summary
+    for name, heading in (("CLAIMS-short.md", "**Reduced claims check**"), ("CLAIMS.md", "**Claims check**")):
+        committed = ROOT / "bench" / name
+        if not committed.exists():
+            assert f"{heading}: not run yet" in lead
+            continue
+        summary = _first_table(committed.read_text().split("\n## Summary\n")[1].splitlines())
+        assert summary and _first_table(lead.split(heading)[1].splitlines()) == summary, name
 
 
 def test_every_scale_builds_its_rows_with_the_paper_preset_below_its_values(claims, tmp_path):
