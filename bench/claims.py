@@ -48,7 +48,7 @@ from continual_lm.config import RunConfig  # noqa: E402
 from continual_lm.eval.routing import read_routing  # noqa: E402
 from continual_lm.eval.stats import mean_interval, paired_interval, verdict  # noqa: E402
 from continual_lm.io_utils import atomic_write_json, atomic_write_text  # noqa: E402
-from reproduce import read_invocations, record_invocation, run_all  # noqa: E402
+from reproduce import invocations_markdown, read_invocations, record_invocation, run_all  # noqa: E402
 
 FULL_FT_LR = 2e-5  # full fine-tuning rows (our default; MIGU's scripts give 1e-4 for T5 only)
 
@@ -514,14 +514,7 @@ def claims_markdown(scale_name: str, scale: Scale, claims: list[Claim], runs: di
     lines += ["", f"Tasks in order, with the score of guessing a label uniformly (chance): {levels}.", ""]
     lines += routing_markdown(rows, runs)
     if invocations:
-        lines += ["## Invocations", "", "| started | runs | jobs | threads per run | CPU count | wall time (h) |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: |"]
-        for inv in invocations:
-            done = len(inv.get("finished", inv["runs"]))
-            count = f"{done}" if done == len(inv["runs"]) else f"{done} of {len(inv['runs'])} (interrupted)"
-            lines.append(f"| {inv['started']} | {count} | {inv['jobs']} | {inv.get('threads') or '–'} | "
-                         f"{inv.get('cpu_count', '–')} | {inv['wall_s'] / 3600:.2f} |")
-        lines.append("")
+        lines += invocations_markdown(invocations)
     return "\n".join(lines)
 
 

@@ -292,17 +292,21 @@ def results_markdown(preset_name: str, tables: dict[str, list[tuple[str, dict]]]
                          f"{paper}")
         lines.append("")
     if invocations:
-        lines += ["## Invocations", "", "Wall time of each invocation of the script that ran something (from "
-                  "`bench/runs/<preset>/invocations.json`).", "",
-                  "| started | runs | jobs | threads per run | CPU count | wall time (h) |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: |"]
-        for inv in invocations:
-            finished = len(inv.get("finished", inv["runs"]))
-            runs = f"{finished}" if finished == len(inv["runs"]) else f"{finished} of {len(inv['runs'])} (interrupted)"
-            lines.append(f"| {inv['started']} | {runs} | {inv['jobs']} | {inv.get('threads') or '–'} | "
-                         f"{inv.get('cpu_count', '–')} | {inv['wall_s'] / 3600:.2f} |")
-        lines.append("")
+        lines += invocations_markdown(invocations, ["Wall time of each invocation of the script that ran something "
+                                                    "(from `bench/runs/<preset>/invocations.json`).", ""])
     return "\n".join(lines)
+
+
+def invocations_markdown(invocations: list[dict], preamble: list[str] = ()) -> list[str]:
+    """The "Invocations" section: one row per recorded invocation (invocations.json), an interrupted one marked."""
+    lines = ["## Invocations", "", *preamble, "| started | runs | jobs | threads per run | CPU count | wall time (h) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for inv in invocations:
+        finished = len(inv.get("finished", inv["runs"]))
+        runs = f"{finished}" if finished == len(inv["runs"]) else f"{finished} of {len(inv['runs'])} (interrupted)"
+        lines.append(f"| {inv['started']} | {runs} | {inv['jobs']} | {inv.get('threads') or '–'} | "
+                     f"{inv.get('cpu_count', '–')} | {inv['wall_s'] / 3600:.2f} |")
+    return lines + [""]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -183,3 +183,14 @@ def skip_report_and_gc(monkeypatch) -> None:
 
     monkeypatch.setattr(report, "write_run_report", lambda run_dir, results: None)
     monkeypatch.setattr(gc, "collect", lambda *args: 0)
+
+
+def first_table(lines: list[str]) -> list[str]:
+    """The rows of the first markdown table in ``lines``."""
+    rows = []
+    for line in lines:
+        if line.startswith("| "):
+            rows.append(line)
+        elif rows:
+            break
+    return rows

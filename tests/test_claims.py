@@ -12,7 +12,7 @@ from continual_lm.eval.routing import routing_summary
 from continual_lm.eval.stats import (INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, T_975, mean_interval,
                                      paired_interval, t_quantile_975, verdict)
 
-from helpers import ROOT
+from helpers import ROOT, first_table
 
 
 def _t_cdf(x: float, df: float) -> float:
@@ -219,16 +219,6 @@ def test_claims_end_to_end_on_a_tiny_model(claims, tmp_path, monkeypatch, capsys
     assert out.count(": finished") == 6 and "0 of 6 runs to do" in out
 
 
-def _first_table(lines):
-    rows = []
-    for line in lines:
-        if line.startswith("| "):
-            rows.append(line)
-        elif rows:
-            break
-    return rows
-
-
 def test_the_readme_results_section_leads_with_the_claims_summary():
     """README's results section starts with the claims check; once bench/CLAIMS.md (bench/CLAIMS-short.md) exists,
     the table under "**Claims check**" ("**Reduced claims check**") is its summary table verbatim (regenerate both
@@ -241,8 +231,8 @@ def test_the_readme_results_section_leads_with_the_claims_summary():
         if not committed.exists():
             assert f"{heading}: not run yet" in lead
             continue
-        summary = _first_table(committed.read_text().split("\n## Summary\n")[1].splitlines())
-        assert summary and _first_table(lead.split(heading)[1].splitlines()) == summary, name
+        summary = first_table(committed.read_text().split("\n## Summary\n")[1].splitlines())
+        assert summary and first_table(lead.split(heading)[1].splitlines()) == summary, name
 
 
 def test_every_scale_builds_its_rows_with_the_paper_preset_below_its_values(claims, tmp_path):

@@ -5,7 +5,7 @@ import json
 import pytest
 import yaml
 
-from helpers import ROOT, load_script
+from helpers import ROOT, first_table, load_script
 
 
 @pytest.fixture()
@@ -64,17 +64,6 @@ def test_an_interrupted_invocation_keeps_its_record(reproduce, tmp_path, monkeyp
     assert "| 1 of 2 (interrupted) |" in (tmp_path / "RESULTS.md").read_text()
 
 
-def _first_table(lines: list[str]) -> list[str]:
-    """The rows of the first markdown table in ``lines``."""
-    rows = []
-    for line in lines:
-        if line.startswith("| "):
-            rows.append(line)
-        elif rows:
-            break
-    return rows
-
-
 def test_the_readme_quotes_the_committed_results_tables():
     """Under a bold heading named like each benchmark section of bench/RESULTS.md ("**standard order 1**"), the
     README shows exactly that section's table (regenerate both together)."""
@@ -86,7 +75,7 @@ def test_the_readme_quotes_the_committed_results_tables():
         heading, *lines = part.splitlines()
         where = [k for k, line in enumerate(readme) if line.strip() == f"**{heading}**"]
         assert len(where) == 1, f"README.md needs one '**{heading}**' heading above the table"
-        assert _first_table(readme[where[0] + 1:]) == _first_table(lines), \
+        assert first_table(readme[where[0] + 1:]) == first_table(lines), \
             f"README.md's {heading!r} table differs from bench/RESULTS.md's"
 
 
