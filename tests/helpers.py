@@ -186,11 +186,5 @@ def skip_report_and_gc(monkeypatch) -> None:
 
 
 def first_table(lines: list[str]) -> list[str]:
-    """The rows of the first markdown table in ``lines``."""
-    rows = []
-    for line in lines:
-        if line.startswith("| "):
-            rows.append(line)
-        elif rows:
-            break
-    return rows
+    """The rows of the first markdown table in ``lines`` (bench/readme_tables.py's, which writes README's tables)."""
+    return load_script("bench/readme_tables.py").first_table(lines)
