@@ -9,9 +9,10 @@ Presets: `small` (sized for a 2-core CPU: its 38 runs took 3.05 h with --jobs 2;
 the small preset's scale, 8 methods, a few CPU hours with --jobs 2; bench/RESULTS-trace.md).
 
 Runs go to bench/runs/<preset>/<benchmark>/<method>/ (checkpoints: last phase only). Finished runs are skipped,
-interrupted ones resumed, so the script can be stopped and started again at any time. The `single` reference runs
-first on each benchmark and gives every other run its FWT reference. A method may also be a named variant of
-VARIANTS (a method with options, e.g. `sapt-lora-noarm`). RESULTS.md always lists every finished run found under
+interrupted ones resumed, so the script can be stopped and started again at any time. The `single` references run
+first on each benchmark and give every other run its FWT reference: `single` (one LoRA per task) for the LoRA
+rows, `single-full` for full fine-tuning (seqft, osf, magmax), `single-prompt` for the soft-prompt methods. A
+method may also be a named variant of VARIANTS (a method with options, e.g. `sapt-lora-noarm`). RESULTS.md always lists every finished run found under
 the runs directory (so several invocations, e.g. one per method, build one table); `--table-only` just rewrites it.
 
 `--jobs N` runs N runs at a time, each in its own process with usable cores/N threads (the cores this process may
@@ -109,33 +110,54 @@ PAPER = {
 
 # Named variants: a registered method run with non-default options (the papers' ablation rows).
 VARIANTS = {
+    "single-full": ("single", {"single": {"pet": "full"}}),  # FWT reference of the full fine-tuning rows
+    "single-prompt": ("single", {"single": {"pet": "prompt"}}),  # FWT reference of the soft-prompt rows
     "sapt-lora-noarm": ("sapt-lora", {"sapt-lora": {"arm": "none"}}),  # SAPT Table 4 "w/o ARM"
     "gainlora-olora": ("gainlora", {"gainlora": {"base": "olora"}}),  # GainLoRA's O-LoRA base (`gainlora`: InfLoRA)
 }
 PAPER_NAMES = {"sapt-lora-noarm": "sapt-lora (no ARM)"}
+# Each row's FWT is measured against one task trained alone with the same kind of block (Method.pet_kind; the loop
+# refuses a reference of another kind): the `single` row of that kind.
+REFERENCES = {"lora": "single", "full": "single-full", "prompt": "single-prompt"}
+
+
+def method_options(method: str, preset: dict) -> tuple[str, dict]:
+    """(method spec, its options) of a row: a variant's method with the preset's options below the variant's own."""
+    spec, variant = VARIANTS.get(method, (method, {}))
+    defaults = preset.get("method_options", {})
+    return spec, {part: {**defaults.get(part, {}), **variant.get(part, {})}
+                  for part in spec.split("+") if part in defaults or part in variant}
+
+
+def reference_of(method: str, preset: dict) -> str | None:
+    """The row whose run is ``method``'s FWT reference (None for the references themselves)."""
+    from continual_lm.methods.base import build_method
+
+    if method in REFERENCES.values():
+        return None
+    spec, options = method_options(method, preset)
+    return REFERENCES[build_method(RunConfig(method=spec, method_options=options)).pet_kind]
 
 
 def default_methods() -> list[str]:
     """Every registered base method, and each plugin on top of seqlora (MIGU also on inclora)."""
     bases = [name for name in METHODS if not method_class(name).is_plugin]
     plugins = [name for name in METHODS if method_class(name).is_plugin]
-    specs = ["single"] + [b for b in bases if b != "single"]
+    specs = list(REFERENCES.values()) + [b for b in bases if b != "single"]
     for plugin in plugins:
         specs.append(f"seqlora+{plugin}")
         if plugin == "migu":
             specs.append("inclora+migu")
-    return specs + list(VARIANTS)
+    return specs + [v for v in VARIANTS if v not in specs]
 
 
 def run_config(benchmark: str, method: str, settings: dict, preset: dict, root: Path, data_dir: str | None,
                mixed_precision: str = "no") -> RunConfig:
     """The configuration of one method's run on a benchmark of a preset (a variant: its method with options)."""
-    spec, variant = VARIANTS.get(method, (method, {}))
-    defaults = preset.get("method_options", {})  # the preset's options of a method, below a variant's own
-    options = {part: {**defaults.get(part, {}), **variant.get(part, {})}
-               for part in spec.split("+") if part in defaults or part in variant}
-    single_dir = root / benchmark / "single"
-    single_done = method != "single" and (single_dir / "results.json").exists()
+    spec, options = method_options(method, preset)
+    reference = reference_of(method, preset)
+    single_dir = root / benchmark / (reference or "single")
+    single_done = reference is not None and (single_dir / "results.json").exists()
     return RunConfig(benchmark=benchmark, method=spec, model=preset["model"], seed=preset["seed"],
                      method_options=options, data_dir=data_dir, keep_checkpoints="last",
                      output_dir=str(root / benchmark / method), mixed_precision=mixed_precision,
@@ -200,16 +222,16 @@ def _start_worker(threads: int) -> None:
     apply_threads(threads)
 
 
-def run_all(queue: list[tuple], run_args, jobs: int, threads: int, on_finish, run=None) -> None:
-    """Run every (benchmark, method) of ``queue`` as ``run(*run_args(benchmark, method), log=jobs > 1)`` (``run``:
-    ``run_one`` unless given, a module-level function so that worker processes can import it), ``jobs`` at a time.
-    A benchmark's `single` run (every other run's FWT reference) comes first; its other runs start once it is done.
-    ``on_finish(benchmark, method)`` is called after every run. bench/claims.py queues (row, seed) items."""
+def run_all(queue: list[tuple], run_args, jobs: int, threads: int, on_finish, run=None, needs=None) -> None:
+    """Run every item of ``queue`` as ``run(*run_args(*item), log=jobs > 1)`` (``run``: ``run_one`` unless given, a
+    module-level function so that worker processes can import it), ``jobs`` at a time. ``needs(item)``: the item
+    that must finish first (a row's FWT reference), or None. ``on_finish(*item)`` is called after every run.
+    The harness queues (benchmark, method) items; bench/claims.py (row, seed) items."""
     remaining = list(queue)
     run = run or run_one
 
     def ready(item):
-        return item[1] == "single" or (item[0], "single") not in remaining
+        return needs is None or needs(item) not in remaining
 
     if jobs == 1:
         for item in sorted(remaining, key=lambda item: not ready(item)):
@@ -271,7 +293,10 @@ def results_markdown(preset_name: str, tables: dict[str, list[tuple[str, dict]]]
              "Generated by the script; numbers are from the runs under `bench/runs/`. Paper numbers use other "
              "backbones (T5-large) and full data, so only the ordering is comparable. Train and eval times are the "
              "run's own wall time on the row's device (`cpu (N threads)` or a GPU); runs that shared the machine "
-             "(`--jobs`) took longer each than alone. Compare speed in bench/SPEED.md, not here.", ""]
+             "(`--jobs`) took longer each than alone. Compare speed in bench/SPEED.md, not here. FWT is measured against "
+             "the reference row that trains the same kind of block alone on each task: `single` (LoRA) for the LoRA "
+             "rows, `single-full` for full fine-tuning, `single-prompt` (one 10-token soft prompt) for the prompt "
+             "methods.", ""]
     for benchmark, results in tables.items():
         settings = PRESETS[preset_name]["benchmarks"][benchmark]
         total = sum(r["timing"]["train_s"] + r["timing"]["eval_s"] for _, r in results)
@@ -376,7 +401,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if queue:
         record_invocation(root, record)
-    run_all(queue, run_args, args.jobs, threads, on_finish=finished)
+    references = {item: (item[0], reference_of(item[1], preset)) for item in queue}
+    run_all(queue, run_args, args.jobs, threads, on_finish=finished, needs=references.get)
     wall_s = time.perf_counter() - start
     print(f"[reproduce] done in {wall_s / 60:.1f} min -> {args.output}")
     return 0

@@ -119,3 +119,34 @@ def test_a_presets_method_options_apply_below_a_variants_own(reproduce, tmp_path
     assert options("sapt-lora") == {"sapt-lora": {"generator_epochs": 10}}  # SAPT's generator budget, capped
     assert options("sapt-lora-noarm") == {"sapt-lora": {"generator_epochs": 10, "arm": "none"}}
     assert options("seqlora+migu") == {} and options("gainlora-olora") == {"gainlora": {"base": "olora"}}
+
+
+def test_each_row_gets_the_fwt_reference_of_its_kind_of_block(reproduce, tmp_path):
+    """seqft (full fine-tuning) is measured against `single-full`, a prompt method against `single-prompt`, a LoRA
+    row against `single`; a reference runs before the rows that need it, also when it is listed last."""
+    assert {m: reproduce.reference_of(m, {}) for m in ("seqft", "osf", "l2p", "sapt-lora-noarm", "seqlora+migu",
+                                                        "single-full")} == {
+        "seqft": "single-full", "osf": "single-full", "l2p": "single-prompt", "sapt-lora-noarm": "single",
+        "seqlora+migu": "single", "single-full": None}
+    assert reproduce.default_methods()[:3] == ["single", "single-full", "single-prompt"]
+    order = []
+
+    def run(benchmark, method, *rest, **kwargs):
+        order.append(method)
+        return reproduce.run_one(benchmark, method, *rest, **kwargs)
+
+    args = ["--preset", "tiny", "--runs-dir", str(tmp_path / "runs"), "--output", str(tmp_path / "RESULTS.md"),
+            "--methods", "seqft", "single-full"]
+    original = reproduce.run_all
+    reproduce.run_all = lambda *a, **k: original(*a, **{**k, "run": run})
+    try:
+        assert reproduce.main(args) == 0
+    finally:
+        reproduce.run_all = original
+    assert order == ["single-full", "seqft"]
+    runs = tmp_path / "runs" / "tiny" / "demo"
+    seqft = json.loads((runs / "seqft" / "results.json").read_text())
+    assert seqft["metrics"]["FWT"] is not None and seqft["method"] == "seqft"
+    config = yaml.safe_load((runs / "seqft" / "config.yaml").read_text())
+    assert config["single_task_from"] == str(runs / "single-full")
+    assert json.loads((runs / "single-full" / "results.json").read_text())["pet_kind"] == "full"
