@@ -1,6 +1,6 @@
 """Whole runs of this checkout against an earlier commit: the same protocol, the same machine, one after the other.
 
-    python bench/run_time_vs_commit.py [--old 8c3f5ed] [--methods single seqlora] [--benchmarks standard superni]
+    python bench/run_time_vs_commit.py [--old 8c3f5ed] [--methods seqlora amlora] [--benchmarks standard superni]
                                        [--max-train 32] [--max-test 16] [--superni-tasks 5] [--repeats 2]
 
 A table's wall time mixes the code's speed with the machine's load on the days it ran (`bench/reproduce.py` records
@@ -69,7 +69,8 @@ def settings_for(benchmark: str, args) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--old", default=OLD_DEFAULT, help="git revision of the earlier code (default %(default)s)")
-    parser.add_argument("--methods", nargs="+", default=["single", "seqlora"])
+    parser.add_argument("--methods", nargs="+", default=["seqlora", "amlora"],
+                        help="rows to time (without their FWT reference: FWT is not compared here)")
     parser.add_argument("--benchmarks", nargs="+", default=["standard", "superni"])
     parser.add_argument("--max-train", type=int, default=32)
     parser.add_argument("--max-test", type=int, default=16)
@@ -99,8 +100,6 @@ def main(argv: list[str] | None = None) -> int:
                         versions = [("old", old_tree), ("new", ROOT)]
                         for name, tree in (versions if rep % 2 == 0 else versions[::-1]):
                             runs = Path(tmp) / f"runs-{name}-{rep}"
-                            if method != "single":  # its FWT reference, not timed
-                                run(tree, runs, benchmark, "single", settings, args.data_dir, args.model)
                             result = run(tree, runs, benchmark, method, settings, args.data_dir, args.model)
                             samples.setdefault((benchmark, method), {}).setdefault(name, []).append(result)
                             print(f"{name} {benchmark}/{method}: {result['wall_s']:.1f} s", flush=True)
