@@ -8,8 +8,9 @@ both). This script separates them: each run of the `small` preset, cut to ``--ma
 task (and SuperNI to its first ``--superni-tasks`` tasks), is made once with the old commit's code (a temporary git
 worktree, removed afterwards) and once with this checkout's, alternately, ``--repeats`` times, each in a fresh
 process with one thread, through each version's own `bench/reproduce.py`. Reported: medians of the runs' own
-train and eval time and of the process wall time, their ratios (old / new), and both versions' AP (the default
-length-grouped batches change batch composition, so the matrices may differ). Run it on an otherwise idle machine.
+train and eval time and of the process wall time, their ratios (old / new), both versions' AP and whether their
+matrices are identical (they are where no change between the commits alters what a row computes). Run it on an
+otherwise idle machine.
 Writes bench/run_time_vs_commit.md and .json.
 """
 from __future__ import annotations

@@ -43,7 +43,8 @@ RUN_OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("batch_size", dict(type=int, help="per-process training batch size")),
     ("eval_batch_size", dict(type=int)),
     ("group_by_length", dict(action=argparse.BooleanOptionalAction, help="training batches of examples of similar "
-                             "length (default on: little padding); --no-group-by-length: plain shuffled batches")),
+                             "length: less padding, but other batches and other results (default off: plain shuffled "
+                             "batches, as the papers train; bench/group_by_length.md)")),
     ("grad_accum", dict(type=int, help="gradient accumulation steps")),
     ("scheduler", dict(help="constant | constant_with_warmup | linear | cosine")),
     ("warmup_ratio", dict(type=float)),

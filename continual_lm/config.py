@@ -45,8 +45,8 @@ ALIASES: dict[str, str] = {
 }
 MIXED_PRECISION = ("no", "bf16", "fp16")
 DTYPES = ("float32", "bfloat16", "float16")
-# Options added later whose default differs from what runs before them did: a run directory whose config.yaml or
-# run.json predates the option gets this value (so that it resumes as it started), a new run the field's default.
+# Options added later: a run directory whose config.yaml or run.json predates the option gets this value (so that it
+# resumes as it started), a new run the field's default (today the same for group_by_length; kept should it change).
 EARLIER_RUNS = {"group_by_length": False}
 
 
@@ -87,7 +87,7 @@ class RunConfig:
     lr: float | None = None  # None = the method's default (1e-3 for PET methods, 2e-5 for full fine-tuning)
     batch_size: int = 8
     eval_batch_size: int = 16
-    group_by_length: bool = True  # training batches of similar lengths (data/batching.py); False: plain shuffle
+    group_by_length: bool = False  # True: training batches of similar lengths (data/batching.py); False: plain shuffle
     grad_accum: int = 1
     scheduler: str = "constant"
     warmup_ratio: float = 0.0

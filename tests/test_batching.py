@@ -1,5 +1,5 @@
 """Training batches grouped by length (data/batching.py): deterministic, every example once per epoch, less
-padding; --no-group-by-length keeps the plain shuffled batches; runs from before the option resume as they began."""
+padding; plain shuffled batches stay the default; runs from before the option resume as they began."""
 import random
 
 import torch
@@ -62,13 +62,14 @@ def test_examples_of_several_tasks_still_share_batches():
     assert sum(len({task_of[i] for i in b}) > 1 for b in batches) > len(batches) / 2
 
 
-def test_no_group_by_length_is_the_plain_shuffled_loader():
+def test_the_default_is_the_plain_shuffled_loader():
     features = [Encoded(list(range(n))) for n in _lengths(40)]
-    plain = torch.utils.data.DataLoader(features, batch_size=4, shuffle=True,
-                                        generator=torch.Generator().manual_seed(5), collate_fn=list)
-    loader = train_loader(features, 4, torch.Generator().manual_seed(5), list, group_by_length=False)
-    assert [[id(f) for f in b] for b in loader] == [[id(f) for f in b] for b in plain]
-    grouped = train_loader(features, 4, torch.Generator().manual_seed(5), list)
+    plain = [[id(f) for f in b] for b in torch.utils.data.DataLoader(
+        features, batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(5), collate_fn=list)]
+    for loader in (train_loader(features, 4, torch.Generator().manual_seed(5), list),
+                   train_loader(features, 4, torch.Generator().manual_seed(5), list, group_by_length=False)):
+        assert [[id(f) for f in b] for b in loader] == plain
+    grouped = train_loader(features, 4, torch.Generator().manual_seed(5), list, group_by_length=True)
     assert [[id(f) for f in b] for b in grouped] == [[id(features[i]) for i in b] for b in
                                                       _batches([len(f.input_ids) for f in features], 4, 5)]
 
@@ -88,7 +89,7 @@ def test_a_run_from_before_the_option_resumes_with_shuffled_batches(tmp_path):
     run_dir.write_record(record)
     recorded, _ = recorded_config(run_dir.path)  # no "config.yaml differs from run.json" error either
     assert recorded.group_by_length is False
-    assert tiny_config(tmp_path).group_by_length is True  # a new run groups by length
+    assert tiny_config(tmp_path).group_by_length is False  # a new run shuffles plainly unless asked
 
 
 def test_processes_get_shares_of_the_global_batches_one_process_would_train_on():

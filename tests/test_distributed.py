@@ -29,6 +29,7 @@ WEIGHT_ATOL = 2e-5
 # LoRA; LoRA with extra method state (AM-LoRA selectors, EWC Fisher); soft prompts fed to the DDP-wrapped model as
 # input embeddings (the prompt methods read the embedding table of the model inside the wrapper)
 DDP_METHODS = ["inclora", "amlora+ewc", "l2p"]
+GROUPED = {"inclora"}  # trained with --group-by-length (the others with the default plain shuffled batches)
 # 2 optimizer steps per phase under a linear schedule (lr, then lr / 2: a schedule stepped too often or not at all
 # changes the weights); 3 test inputs one at a time, so the processes make different numbers of generate calls
 SETTINGS = dict(tasks=["sentiment", "number_sign"], max_train_per_task=16, max_test_per_task=3, max_target_length=4,
@@ -58,11 +59,12 @@ def _cli_args(method: str, out: Path, batch_size: int) -> list[str]:
             "--seed", "3", "--tasks", *SETTINGS["tasks"], "--max-train-per-task", "16", "--max-test-per-task", "3",
             "--max-target-length", "4", "--max-input-length", "64", "--eval-batch-size", "1", "--lr", "5e-3",
             "--scheduler", "linear",
-            "--lora-dropout", "0", "--batch-size", str(batch_size), "--no-progress", "--output-dir", str(out)]
+            "--lora-dropout", "0", "--batch-size", str(batch_size), "--no-progress", "--output-dir", str(out)] + (
+        ["--group-by-length"] if method in GROUPED else [])
 
 
 def _reference(tmp_path: Path, method: str, **overrides):
-    config = tiny_config(tmp_path, method=method, **{**SETTINGS, **overrides})
+    config = tiny_config(tmp_path, method=method, **{**SETTINGS, "group_by_length": method in GROUPED, **overrides})
     config.lora.dropout = 0.0
     return run(config)
 

@@ -1,5 +1,11 @@
-"""Training batches grouped by length (``--group-by-length``, the default), so that short and long examples seldom
+"""Training batches grouped by length (``--group-by-length``, off by default), so that short and long examples seldom
 share a batch and little of what a step computes is padding.
+
+Off by default because it changes what a step trains on, and with the few steps per task of CPU-sized protocols that
+changes results far beyond the padding it saves: on the `small` preset's standard order it moved the `single`
+reference from AP 57.5 to 48.75 and `mtl` from 61.25 to 48.75 (every task lower; the windows sort a multi-task
+phase's examples into nearly one-task batches), for 3-7 % fewer tokens (18 % for `mtl`; bench/group_by_length.md,
+bench/padding.md). The papers train on plain shuffled batches.
 
 Each epoch: the examples are shuffled with the phase's seeded generator, the shuffled order is cut into windows of
 ``WINDOW_BATCHES x batch_size`` examples, each window is sorted by length (stable) and cut into batches, and the
@@ -10,8 +16,8 @@ seeded per phase, so a run repeats itself and a resumed phase repeats what an un
 with A accumulation steps the batches are cut at N x A x batch_size (the global batch) and each is dealt out as
 N x A per-process batches, so that a step trains on the same global batch as one process with the whole batch. The window is the one of
 transformers' ``LengthGroupedSampler`` (50 batches' worth of examples, its "megabatch"); unlike it, the batches are
-then shuffled, so the longest one does not always come first. ``--no-group-by-length`` restores plain shuffled
-batches (the DataLoader's own ``shuffle=True``), which the runs before this option used.
+then shuffled, so the longest one does not always come first. Without the option: plain shuffled batches (the
+DataLoader's own ``shuffle=True``).
 
 The length of an example is its number of input tokens (prompt + answer for a causal LM, the encoder input for a
 seq2seq model): what the collator pads to the longest member of a batch (collate.py). Measured on the small preset's
@@ -68,7 +74,7 @@ class LengthGroupedBatches(torch.utils.data.Sampler[list[int]]):
 
 
 def train_loader(features: Sequence, batch_size: int, generator: torch.Generator, collate_fn,
-                 group_by_length: bool = True, shares: int = 1) -> torch.utils.data.DataLoader:
+                 group_by_length: bool = False, shares: int = 1) -> torch.utils.data.DataLoader:
     """The DataLoader of one training phase over encoded examples (``Encoded``: ``input_ids``), seeded by
     ``generator``: length-grouped batches, or plain shuffled ones (``group_by_length=False``). ``batch_size`` is
     per process; ``shares``: the per-process batches of one optimizer step (processes x gradient accumulation)."""
