@@ -64,7 +64,7 @@ def markdown(result: dict, old_root: Path, new_root: Path, title: str | None = N
              "with the same `--jobs`/threads on the same 2-core machine).", "",
              f"Rows in both tables: {len(result['rows'])}; identical matrices: "
              f"{sum(r['matrix_identical'] for r in result['rows'])}. Run time of those rows: {t['old']:.2f} h → "
-             f"{t['new']:.2f} h (**{t['ratio_old_over_new']}x** less). Wall time of every invocation of each table "
+             f"{t['new']:.2f} h (old / new: **{t['ratio_old_over_new']}x**). Wall time of every invocation of each table "
              f"(all its rows): {result['invocations_wall_h']['old']:.2f} h → {result['invocations_wall_h']['new']:.2f} h.",
              "", "| row | AP | Δ AP | F.Ra | Δ F.Ra | FWT | Δ FWT | BWT | Δ BWT | matrix | run time (min) |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |"]

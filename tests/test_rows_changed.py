@@ -30,7 +30,7 @@ def test_rows_changed_compares_common_rows_only(tmp_path):
     assert result["only_old"] == ["standard/ewc"] and result["only_new"] == ["standard/inflora"]
     assert result["invocations_wall_h"] == {"old": 1.5, "new": 0.0}
     text = module.markdown(result, old, new)
-    assert "| standard/seqlora | 40.00 → 45.50 | +5.50 |" in text and "**2.0x** less" in text
+    assert "| standard/seqlora | 40.00 → 45.50 | +5.50 |" in text and "(old / new: **2.0x**)" in text
     assert "FWT" in text and "| – → – | – |" in text  # a null metric is shown, not crashed on
 
 
