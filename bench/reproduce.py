@@ -12,8 +12,9 @@ Runs go to bench/runs/<preset>/<benchmark>/<method>/ (checkpoints: last phase on
 interrupted ones resumed, so the script can be stopped and started again at any time. The `single` references run
 first on each benchmark and give every other run its FWT reference: `single` (one LoRA per task) for the LoRA
 rows, `single-full` for full fine-tuning (seqft, osf, magmax), `single-prompt` for the soft-prompt methods. A
-method may also be a named variant of VARIANTS (a method with options, e.g. `sapt-lora-noarm`). RESULTS.md always lists every finished run found under
-the runs directory (so several invocations, e.g. one per method, build one table); `--table-only` just rewrites it.
+method may also be a named variant of VARIANTS (a method with options, e.g. `sapt-lora-noarm`). RESULTS.md always
+lists every finished run found under the runs directory (so several invocations, e.g. one per method, build one
+table); `--table-only` just rewrites it.
 
 `--jobs N` runs N runs at a time, each in its own process with usable cores/N threads (the cores this process may
 run on, `os.sched_getaffinity`; `--threads` to set) and OpenMP threads that sleep while they wait
@@ -156,12 +157,12 @@ def run_config(benchmark: str, method: str, settings: dict, preset: dict, root: 
     """The configuration of one method's run on a benchmark of a preset (a variant: its method with options)."""
     spec, options = method_options(method, preset)
     reference = reference_of(method, preset)
-    single_dir = root / benchmark / (reference or "single")
-    single_done = reference is not None and (single_dir / "results.json").exists()
+    reference_dir = root / benchmark / reference if reference else None
+    reference_done = reference_dir is not None and (reference_dir / "results.json").exists()
     return RunConfig(benchmark=benchmark, method=spec, model=preset["model"], seed=preset["seed"],
                      method_options=options, data_dir=data_dir, keep_checkpoints="last",
                      output_dir=str(root / benchmark / method), mixed_precision=mixed_precision,
-                     single_task_from=str(single_dir) if single_done else None, **settings)
+                     single_task_from=str(reference_dir) if reference_done else None, **settings)
 
 
 def is_finished(benchmark: str, method: str, preset: dict, root: Path, data_dir: str | None,
