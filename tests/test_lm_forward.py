@@ -1,4 +1,5 @@
-"""lm_forward: the loss over the answer positions only gives the Hugging Face loss's gradients, bit for bit; the
+"""lm_forward: the loss over the answer positions only gives the Hugging Face loss's gradients (to float rounding: the
+two logits shapes may take differently blocked kernels on some CPUs, so equality is not asserted bit for bit); the
 evaluation-mode context the methods' hooks use."""
 import pytest
 import torch
@@ -47,8 +48,8 @@ def test_answer_columns_are_the_positions_that_predict_some_answer_token():
 
 @pytest.mark.parametrize("freeze", [True, False], ids=["lora", "full-fine-tuning"])
 def test_causal_lm_gradients_equal_the_full_logits_loss(freeze):
-    """Bit for bit for a frozen backbone's LoRAs. Trained head/embedding weights sum their gradient over fewer (zero)
-    rows, so theirs agree to float rounding."""
+    """To float rounding (bit for bit on the CPUs seen here for a frozen backbone's LoRAs; another CPU's kernels may
+    block the two logits shapes differently). A loss over the wrong positions would miss by far more."""
     backbone = lora_model("tiny-random-llama", freeze)
     model, batch = backbone.model, demo_batch(backbone)
     lengths = batch["attention_mask"].sum(1)
@@ -58,15 +59,12 @@ def test_causal_lm_gradients_equal_the_full_logits_loss(freeze):
     kept, kept_grads = loss_and_grads(model, lambda: lm_forward(model, batch["labels"], **inputs))
     columns = answer_columns(batch["labels"])
     assert kept.logits.shape == (6, len(columns), full.logits.shape[-1]) and len(columns) < full.logits.shape[1]
-    assert torch.equal(kept.logits, full.logits[:, columns])
+    assert torch.allclose(kept.logits, full.logits[:, columns], rtol=1e-5, atol=1e-6)
     assert torch.allclose(kept.loss, full.loss, rtol=1e-6, atol=0)
     assert set(kept_grads) == set(full_grads) and any("lora_A" in n for n in kept_grads)
     assert ("lm_head.weight" in full_grads) == (not freeze)
     for name, grad in full_grads.items():
-        if freeze:
-            assert torch.equal(kept_grads[name], grad), name
-        else:
-            assert torch.allclose(kept_grads[name], grad, rtol=1e-5, atol=1e-8), name
+        assert torch.allclose(kept_grads[name], grad, rtol=1e-5, atol=1e-8), name
 
 
 def test_prompt_forward_keeps_the_answer_positions_after_the_prompt():
@@ -80,7 +78,7 @@ def test_prompt_forward_keeps_the_answer_positions_after_the_prompt():
     assert kept.logits.shape[1] == len(answer_columns(full_inputs["labels"])) < full.logits.shape[1]
     assert torch.allclose(kept.loss, full.loss, rtol=1e-6, atol=0)
     for name, grad in full_grads.items():
-        assert torch.equal(kept_grads[name], grad), name
+        assert torch.allclose(kept_grads[name], grad, rtol=1e-5, atol=1e-8), name
     every = prompt_forward(model, batch, bank.prompts[0], all_logits=True)
     assert every.logits.shape == full.logits.shape
 
@@ -107,7 +105,8 @@ def test_a_batch_without_answers_falls_back_to_the_model_loss():
 
 @pytest.mark.parametrize("method", ["seqlora", "lfpt5"])
 def test_a_run_trains_the_same_weights_as_with_the_full_logits_loss(tmp_path, monkeypatch, method):
-    """The whole loop, once with lm_forward and once with the model's own loss: the same weights after each phase."""
+    """The whole loop, once with lm_forward and once with the model's own loss: the same weights after each phase, to
+    float rounding (seen bit for bit here, not on every CPU). A step on the wrong positions would move them by ~lr."""
     from continual_lm.models import lm_forward as module
     from continual_lm import run
 
@@ -123,7 +122,7 @@ def test_a_run_trains_the_same_weights_as_with_the_full_logits_loss(tmp_path, mo
     assert len(kept) == len(full) == 5
     for after_kept, after_full in zip(kept, full):
         for name, value in after_full.items():
-            assert torch.equal(after_kept[name], value), name
+            assert torch.allclose(after_kept[name], value, rtol=1e-5, atol=1e-6), name
 
 
 @pytest.mark.parametrize("training", [True, False])
