@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -87,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--old: {args.old!r} is not a revision of {ROOT}")
     new_commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
                                 text=True).stdout.strip()
+    # a `kill` (SIGTERM) unwinds like Ctrl-C, so the temporary worktree is removed either way
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     load_before = os.getloadavg()
     samples: dict[tuple, dict[str, list[dict]]] = {}
     with tempfile.TemporaryDirectory() as tmp:

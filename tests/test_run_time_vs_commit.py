@@ -25,3 +25,15 @@ def test_same_commit_twice_gives_identical_matrices(shared_data, tmp_path):
     assert "| standard | seqlora |" in out.with_suffix(".md").read_text()
     worktrees_after = subprocess.run(["git", "-C", str(ROOT), "worktree", "list"], capture_output=True, text=True).stdout
     assert worktrees_after == worktrees_before
+
+
+def test_an_unknown_old_revision_is_refused_before_anything_runs(tmp_path, capsys):
+    if not (ROOT / ".git").exists():
+        pytest.skip("needs a git checkout")
+    module = load_script("bench/run_time_vs_commit.py")
+    out = tmp_path / "cmp"
+    with pytest.raises(SystemExit) as stop:
+        module.main(["--old", "no-such-revision-x", "--output", str(out)])
+    assert stop.value.code == 2
+    assert "--old: 'no-such-revision-x' is not a revision" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
