@@ -1,10 +1,12 @@
 """Speed and memory of every method relative to `seqlora`, and `seqlora` relative to a plain peft LoRA (the peer).
 
     python bench/speed.py [--model smollm2-135m] [--methods ...] [--tasks 4] [--reps 5] [--batch 8] [--seq-len 48]
+                          [--group-size 8]
 
 Each method is set up through its own class exactly as the loop does (setup, then before_task/train_examples/
 after_task for the earlier tasks of a demo stream, then before_task/train_examples of the last one), on its own copy
-of the backbone, and timed on the same batches in one process with interleaved repetitions (medians). Peak memory
+of the backbone, and timed on the same batches in one process with interleaved repetitions (medians), in groups of
+``--group-size`` methods beside seqlora and the peer (all variants at once would not fit in 24 GiB). Peak memory
 is the peak RSS (VmHWM) of a separate process per variant (setup + 3 training steps + one generation), since RSS
 peaks cannot be told apart inside one process. The peer computes its loss like every method (``models.lm_forward``:
 the answer positions' logits, passed through peft to its base model), so seqlora/peer compares the two LoRA
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import json
 import os
 import platform
@@ -151,6 +154,25 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def time_group(specs: list[str], backbone, tasks, train, prompts, args) -> tuple[dict, dict]:
+    """Per variant: training step seconds and evaluation samples/s, ``args.reps`` interleaved repetitions after a
+    warm-up; the variants (and their backbone copies) are freed on return."""
+    variants = [Variant(spec, backbone, tasks, args.batch, args.seq_len) for spec in specs]
+    step = {v.label: [] for v in variants}
+    throughput = {v.label: [] for v in variants}
+    for v in variants:  # warm-up
+        v.train_step(train)
+        v.eval_throughput(prompts)
+    for rep in range(args.reps):
+        order = variants[rep % len(variants):] + variants[: rep % len(variants)]
+        for v in order:
+            step[v.label].append(v.train_step(train))
+            throughput[v.label].append(v.eval_throughput(prompts))
+    del variants
+    gc.collect()
+    return step, throughput
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
@@ -159,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=48)
+    parser.add_argument("--group-size", type=int, default=8,
+                        help="methods timed together (interleaved, beside seqlora and the peer); bounds memory")
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--memory-of", help=argparse.SUPPRESS)
     parser.add_argument("--out", default=str(HERE))
@@ -170,29 +194,32 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     backbone = load_backbone(args.model)
     tasks = demo_tasks(n_train=16, n_test=16)[: args.tasks]
-    specs = [PEER, "seqlora"] + [m for m in (args.methods or default_methods()) if m != "seqlora"]
-    variants = [Variant(spec, backbone, tasks, args.batch, args.seq_len) for spec in specs]
+    others = [m for m in (args.methods or default_methods()) if m not in ("seqlora", PEER)]
+    specs = [PEER, "seqlora"] + others
     train, prompts = batches(backbone.tokenizer, backbone.is_seq2seq, tasks, args.batch, args.seq_len)
-    step = {v.label: [] for v in variants}
-    throughput = {v.label: [] for v in variants}
-    for v in variants:  # warm-up
-        v.train_step(train)
-        v.eval_throughput(prompts)
-    for rep in range(args.reps):
-        order = variants[rep % len(variants):] + variants[: rep % len(variants)]
-        for v in order:
-            step[v.label].append(v.train_step(train))
-            throughput[v.label].append(v.eval_throughput(prompts))
+    # Every variant holds its own copy of the backbone (full fine-tuning ones also their optimizer's moments), so all
+    # of them at once do not fit in 24 GiB: methods are timed in groups, each beside its own seqlora (and peer),
+    # interleaved, and "vs seqlora" is against the seqlora of the same group.
+    step, throughput, group_of = {}, {}, {}
+    chunks = [others[k:k + args.group_size] for k in range(0, len(others), args.group_size)] or [[]]
+    for number, chunk in enumerate(chunks):
+        timed_step, timed_tp = time_group([PEER, "seqlora"] + chunk, backbone, tasks, train, prompts, args)
+        for spec in ([PEER, "seqlora"] if number == 0 else []) + chunk:
+            step[spec], throughput[spec] = timed_step[spec], timed_tp[spec]
+            group_of[spec] = {"group": number, "seqlora_step": statistics.median(timed_step["seqlora"]),
+                              "seqlora_tp": statistics.median(timed_tp["seqlora"])}
     memory = {} if args.no_memory else {spec: measure_memory(spec, args) for spec in specs}
     rows = []
-    base_step, base_tp = statistics.median(step["seqlora"]), statistics.median(throughput["seqlora"])
+    base_step = statistics.median(step["seqlora"])
     for spec in specs:
-        s, tp = statistics.median(step[spec]), statistics.median(throughput[spec])
-        rows.append({"method": spec, "train_step_s": round(s, 4), "train_step_vs_seqlora": round(s / base_step, 3),
-                     "eval_samples_per_s": round(tp, 2), "eval_vs_seqlora": round(tp / base_tp, 3),
+        s, tp, group = statistics.median(step[spec]), statistics.median(throughput[spec]), group_of[spec]
+        rows.append({"method": spec, "group": group["group"], "train_step_s": round(s, 4),
+                     "train_step_vs_seqlora": round(s / group["seqlora_step"], 3),
+                     "eval_samples_per_s": round(tp, 2), "eval_vs_seqlora": round(tp / group["seqlora_tp"], 3),
                      "peak_rss_mib": memory.get(spec), "rss_vs_seqlora":
                          round(memory[spec] / memory["seqlora"], 3) if memory else None})
     info = {"model": args.model, "tasks": args.tasks, "batch": args.batch, "seq_len": args.seq_len, "reps": args.reps,
+            "group_size": args.group_size,
             "threads": torch.get_num_threads(), "load_avg_at_start": [round(x, 2) for x in load_avg],
             "python": platform.python_version(), "torch": torch.__version__,
             "peer_ratio_seqlora_over_peft": round(base_step / statistics.median(step[PEER]), 3), "rows": rows}
@@ -203,12 +230,14 @@ def main(argv: list[str] | None = None) -> int:
              f"{args.seq_len} tokens, {args.reps} interleaved repetitions (medians), {info['threads']} threads, "
              f"load average at start {info['load_avg_at_start']}. Evaluation = greedy generation of exactly 8 new "
              f"tokens per prompt (EOS disabled, so no variant stops early); peak RSS = VmHWM of a fresh process doing "
-             f"the method's setup, 3 training steps and one generation.", "",
+             f"the method's setup, 3 training steps and one generation. Methods are timed in groups of up to "
+             f"{args.group_size} (memory), each beside its own seqlora and peer; 'vs seqlora' is against the seqlora "
+             f"of the same group (column 'group').", "",
              f"**seqlora / peft LoRA training step: {info['peer_ratio_seqlora_over_peft']}x** (target <= 1.05x)", "",
-             "| method | train step (s) | vs seqlora | eval (samples/s) | vs seqlora | peak RSS (MiB) | vs seqlora |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| method | group | train step (s) | vs seqlora | eval (samples/s) | vs seqlora | peak RSS (MiB) | vs seqlora |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
-        lines.append(f"| {r['method']} | {r['train_step_s']:.3f} | {r['train_step_vs_seqlora']:.2f} | "
+        lines.append(f"| {r['method']} | {r['group']} | {r['train_step_s']:.3f} | {r['train_step_vs_seqlora']:.2f} | "
                      f"{r['eval_samples_per_s']:.1f} | {r['eval_vs_seqlora']:.2f} | "
                      f"{r['peak_rss_mib'] or '–'} | {r['rss_vs_seqlora'] or '–'} |")
     (out / "SPEED.md").write_text("\n".join(lines) + "\n")

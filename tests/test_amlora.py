@@ -335,3 +335,33 @@ def test_a_crashed_amlora_run_resumes_to_the_same_results(tmp_path, all_mode_run
     # the attention record depends on every final weight, the selectors' included
     assert (json.loads((tmp_path / "run" / ATTENTION_JSON).read_text())
             == json.loads((reference_dir / "run" / ATTENTION_JSON).read_text()))
+
+
+def test_the_last_routing_record_gives_figure_4_from_the_same_forwards(all_mode_run):
+    """After the last task, record_routing also takes Figure 4's record (read at the end of the run) from its own
+    forwards: equal to record_attention's separate pass over the same inputs, with half the forwards."""
+    tmp_path, backbone, _, _, _ = all_mode_run
+    method = build_method(tiny_config(tmp_path / "again", method="amlora", tasks=TASKS))
+    method.banks = find_lora_banks(backbone.model)
+    method.options.attention_samples = 2
+    calls = []
+
+    class Context:
+        tasks = load_stream_for(tiny_config(tmp_path, tasks=TASKS)).tasks
+
+        def prompt_batches(self, task_index, texts):
+            calls.append(task_index)
+            ids = torch.randint(4, 260, (2, 7), generator=torch.Generator().manual_seed(task_index))
+            mask = torch.ones_like(ids)
+            ids[0, :2], mask[0, :2] = 0, 0
+            yield {"input_ids": ids, "attention_mask": mask}
+
+    method.context = Context()
+    method._final_attention = None
+    method.record_routing(backbone.model, len(TASKS) - 2)
+    assert method._final_attention is None  # not the last task: nothing taken for the end of the run
+    calls.clear()
+    method.record_routing(backbone.model, len(TASKS) - 1)
+    assert calls == list(range(len(TASKS)))  # one pass over every task
+    separate = method.record_attention(backbone.model)
+    assert method._final_attention == separate and separate["mean"]

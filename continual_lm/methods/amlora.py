@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ContinualLMError
-from ..models.lm_forward import evaluating
+from ..models.lm_forward import evaluating, keeps_answer_logits
 from .option_checks import check_choice, check_fields
 from .base import LoRAMethod
 
@@ -104,6 +104,7 @@ class AMLoRA(LoRAMethod):
                                    f"got {len(lam)} values")
         super().setup(model, backbone)
         self.routing_history: list[dict] = []  # record_routing after each task (method state: survives a resume)
+        self._final_attention: dict | None = None  # Figure 4's record, taken with the last task's routing record
 
     def l1_lambda(self, task_index: int) -> float:
         lam = self.options.l1
@@ -157,19 +158,19 @@ class AMLoRA(LoRAMethod):
             if seq2seq:
                 start = model.config.decoder_start_token_id
                 inputs["decoder_input_ids"] = torch.full_like(batch["input_ids"][:, :1], start)
+            elif keeps_answer_logits(type(model)):
+                inputs["logits_to_keep"] = 1  # only the selector is read: skip the vocabulary head's [B, S, V]
             model(**inputs)
             yield batch["attention_mask"], {name: bank.mixer.last_distribution.float() for name, bank in banks.items()}
 
-    @torch.no_grad()
-    def record_attention(self, model) -> dict:
-        """Mean g_0..n per bank on up to ``attention_samples`` test inputs of each task (padding masked out)."""
-        n = self.options.attention_samples
-        tasks = self.context.tasks
-        per_task = {}
+    def _task_passes(self, model, last_task: int):
+        """One forward over up to ``attention_samples`` test inputs of each task 0..last_task, yielding per task
+        (j, texts, {bank: token-weighted sum of g}, {bank: token count}, {bank: [per-input mean g [B, n+1]]}):
+        what Figure 4's record and the routing record read, from the same forwards."""
         with self._recording(model) as banks:
-            for j, task in enumerate(tasks):
-                texts = [e.input for e in task.test[:n]]
-                sums, counts = {}, {}
+            for j in range(last_task + 1):
+                texts = [e.input for e in self.context.tasks[j].test[:self.options.attention_samples]]
+                sums, counts, per_input = {}, {}, {name: [] for name in banks}
                 for mask, dists in self._selector_batches(model, banks, j, texts):
                     for name, dist in dists.items():
                         if dist.shape[:-1] == mask.shape:  # token positions of the input: skip padding
@@ -179,9 +180,21 @@ class AMLoRA(LoRAMethod):
                             total, count = dist.flatten(0, -2).sum(0), dist[..., 0].numel()
                         sums[name] = sums.get(name, 0) + total
                         counts[name] = counts.get(name, 0) + float(count)
-                if texts:
-                    per_task[task.name] = {k: [round(v, 6) for v in (sums[k] / counts[k]).tolist()] for k in sums}
-            num_loras = next(iter(banks.values())).num_loras
+                        per_input[name].append(_mean_over_tokens(dist, mask))
+                yield j, texts, sums, counts, per_input
+
+    @torch.no_grad()
+    def record_attention(self, model, passes=None) -> dict:
+        """Mean g_0..n per bank on up to ``attention_samples`` test inputs of each task (padding masked out); from
+        ``passes`` (``_task_passes`` over every task, already run) when given."""
+        n = self.options.attention_samples
+        tasks = self.context.tasks
+        per_task = {}
+        for j, texts, sums, counts, _ in passes if passes is not None else self._task_passes(model, len(tasks) - 1):
+            if texts:
+                per_task[tasks[j].name] = {k: [round(v, 6) for v in (sums[k] / counts[k]).tolist()] for k in sums}
+        banks = self.banks_of(model)
+        num_loras = next(iter(banks.values())).num_loras
         mean = {name: [round(sum(per_task[t][name][i] for t in per_task) / len(per_task), 6)
                        for i in range(num_loras + 1)] for name in banks} if per_task else {}
         return {
@@ -203,21 +216,20 @@ class AMLoRA(LoRAMethod):
         from ..eval.routing import routing_summary
 
         tasks = self.context.tasks
+        passes = list(self._task_passes(model, last_task))
+        if last_task == len(tasks) - 1:  # the model on_run_end records: Figure 4 from the same forwards
+            self._final_attention = self.record_attention(model, passes)
+        banks = list(self.banks_of(model))
+        groups = {"all": banks}
+        for name in banks:
+            groups.setdefault(re.sub(r"\W", "_", name.rpartition(".")[2]), []).append(name)
+        index = {name: k for k, name in enumerate(banks)}
         summary = {}
-        with self._recording(model) as banks:
-            groups = {"all": list(banks)}
-            for name in banks:
-                groups.setdefault(re.sub(r"\W", "_", name.rpartition(".")[2]), []).append(name)
-            for j in range(last_task + 1):
-                texts = [e.input for e in tasks[j].test[:self.options.attention_samples]]
-                vectors = {group: [] for group in groups}
-                for mask, dists in self._selector_batches(model, banks, j, texts):
-                    per_input = {name: _mean_over_tokens(dist, mask) for name, dist in dists.items()}
-                    for group, names in groups.items():
-                        vectors[group].append(torch.stack([per_input[k] for k in names]).mean(0))
-                if texts:
-                    summary[tasks[j].name] = {group: routing_summary(torch.cat(rows), j + 1)
-                                              for group, rows in vectors.items()}
+        for j, texts, _, _, per_input in passes:
+            if texts:
+                vectors = torch.stack([torch.cat(per_input[k]) for k in banks])  # [banks, inputs, n+1]
+                summary[tasks[j].name] = {group: routing_summary(vectors[[index[k] for k in names]].mean(0), j + 1)
+                                          for group, names in groups.items()}
         return {"after": tasks[last_task].name, "tasks": summary}
 
     def after_task(self, model, task_index, task, examples):
@@ -235,7 +247,7 @@ class AMLoRA(LoRAMethod):
             return
         from ..io_utils import atomic_write_json
 
-        record = self.record_attention(model)
+        record = self._final_attention or self.record_attention(model)  # recomputed after a resume
         if not record["mean"]:
             return
         if self.routing_history:
